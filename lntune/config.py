@@ -1,0 +1,238 @@
+"""Configuration: frozen dataclasses with defaults and one-line docs, validated once.
+
+One path from the outside world to a config: `config_from_dict(Cls, mapping, source)` checks every
+key and type and names the source (a YAML file, the command line) in its errors. YAML files and
+dotted `key.sub=value` overrides both end in that call, so the CLI and the Python API agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lntune.errors import LntuneError
+
+CONNECTOR_NAMES = ("linear", "mlp2x_gelu")
+VISION_SELECT_NAMES = ("patch", "cls_patch")
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to assemble an MLLM from a local causal LM and a local vision encoder."""
+
+    llm: str
+    """Directory of a Hugging Face causal LM (weights + tokenizer)."""
+    vision: str
+    """Directory of a CLIP or SigLIP model (a full CLIP checkpoint's vision half is used)."""
+    out: str
+    """Where the Llava-format model is written."""
+    connector: str = "mlp2x_gelu"
+    """`mlp2x_gelu` (LLaVA-1.5, loads in stock transformers) or `linear` (the paper's; lntune loads it)."""
+    vision_layer: int = -2
+    """Which vision encoder hidden state feeds the connector (-2: second to last, as LLaVA)."""
+    vision_select: str = "patch"
+    """`patch`: patch tokens only; `cls_patch`: the CLS token too (CLIP only)."""
+    dtype: str = "auto"
+    """Weights' dtype in the output: `auto` keeps the LLM's stored dtype."""
+    trust_remote_code: bool = False
+    """Allow models whose config asks to run code shipped with the checkpoint."""
+    seed: int = 0
+    """Seeds the connector's initialisation and the new token embeddings."""
+    overwrite: bool = False
+    """Replace an existing, non-empty output directory."""
+
+    def __post_init__(self):
+        _check_choice("connector", self.connector, CONNECTOR_NAMES)
+        _check_choice("vision_select", self.vision_select, VISION_SELECT_NAMES)
+        _check_choice("dtype", self.dtype, DTYPE_NAMES)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Which parameters a tuning method trains. `None` switches take the method's default."""
+
+    name: str = "layernorm"
+    """One of lntune.methods.METHODS: full, lora, attn-qv, attn-mlp, layernorm, layernorm-simple, connector."""
+    train_connector: bool | None = None
+    """Train the vision-language connector (default: per method; paper: on for all but layernorm-simple)."""
+    train_embeddings: bool | None = None
+    """Train the LLM's input word embeddings."""
+    train_output_head: bool | None = None
+    """Train the LLM's output head (tied with the embeddings on some families: then both or neither)."""
+    train_final_norm: bool | None = None
+    """Train the LLM's final norm after the last block (default on for the layernorm methods)."""
+    lora_rank: int = 32
+    """LoRA rank r (the paper compares with 32 and 64)."""
+    lora_alpha: float = 64.0
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: tuple[str, ...] | None = None
+    """Names of the LLM's linear layers to adapt (e.g. q_proj, v_proj); None: every linear layer in its blocks."""
+
+    def __post_init__(self):
+        from lntune.methods.registry import METHODS  # local: the registry imports this module's names
+
+        _check_choice("method", self.name, METHODS)
+        if self.lora_rank < 1:
+            raise LntuneError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise LntuneError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise LntuneError("lora_target_modules is empty: give at least one module name, or leave it unset")
+
+
+def _check_choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise LntuneError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+# ---- generic loading: mapping / YAML / dotted overrides -> frozen dataclass --------------------
+
+T = typing.TypeVar("T")
+
+
+def config_from_dict(cls: type[T], data: dict, source: str = "config") -> T:
+    """Build `cls` from a plain mapping, recursing into nested dataclasses.
+
+    Unknown keys and wrong types raise LntuneError naming `source` and the dotted key.
+    """
+    return _build(cls, data, source, prefix="")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LntuneError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise LntuneError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LntuneError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (values parsed as YAML scalars/lists)."""
+    result = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise LntuneError(f"override {item!r} must look like key.sub=value")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise LntuneError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return result
+
+
+def config_to_dict(config) -> dict:
+    """Plain, YAML-safe dict of a config (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {key: _deep_copy(value) for key, value in data.items()}
+    return data
+
+
+def _build(cls, data, source, prefix):
+    if not isinstance(data, dict):
+        raise LntuneError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise LntuneError(
+            f"{source}: unknown key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, source, f"{prefix}{name}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise LntuneError(f"{source}: missing required key {prefix}{missing[0]}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, source, key):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, source, key)
+            except LntuneError as error:
+                errors.append(error)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, prefix=f"{key}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise LntuneError(f"{source}: {key} must be a list, got {value!r}")
+        item_type = typing.get_args(hint)[0]
+        return tuple(_coerce(item_type, item, source, key) for item in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise LntuneError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+
+
+__all__ = [
+    "BuildConfig",
+    "MethodConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_yaml",
+    "apply_overrides",
+    "CONNECTOR_NAMES",
+]

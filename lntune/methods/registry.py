@@ -1,0 +1,33 @@
+"""The tuning methods: what each trains, as data (the paper's Figure 1 / FACTS.md table).
+
+A method only changes trainability (and, for LoRA, wraps the model with PEFT adapters). The
+vision encoder is always frozen. Connector, word embeddings, output head and the LLM's final norm
+are switches with per-method defaults, so the paper's ablations ("LayerNorm only", "LayerNorm +
+connector") are the same method with a switch flipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    summary: str
+    llm_selection: str
+    """Which parameters inside the LLM: a key of lntune.methods.apply.SELECTIONS."""
+    connector: bool
+    embeddings: bool
+    output_head: bool
+    final_norm: bool
+
+
+METHODS = {
+    "full": Method("every LLM parameter + connector", "all", True, True, True, True),
+    "lora": Method("LoRA adapters on the LLM's linear layers + connector + embeddings + head", "lora", True, True, True, False),
+    "attn-qv": Method("q_proj and v_proj of every block + connector + embeddings + head", "attn_qv", True, True, True, False),
+    "attn-mlp": Method("the MLP of every block + connector + embeddings + head", "mlp", True, True, True, False),
+    "layernorm": Method("the norms inside every block + final norm + connector + embeddings + head", "block_norms", True, True, True, True),
+    "layernorm-simple": Method("the norms inside every block + final norm, nothing else", "block_norms", False, False, False, True),
+    "connector": Method("the connector only (stage 1; an ablation in stage 2)", "none", True, False, False, False),
+}

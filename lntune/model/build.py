@@ -1,0 +1,186 @@
+"""Assemble an MLLM: local causal LM + local CLIP/SigLIP encoder + a new connector -> HF Llava directory.
+
+The pretrained modules are loaded once and moved into a Llava skeleton created on the meta device,
+so building a 7B model needs the memory of the 7B model, not twice that. The output is written to a
+temporary directory beside the target and renamed at the end: an interrupted build leaves no
+half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from lntune import __version__
+from lntune.config import BuildConfig
+from lntune.errors import LntuneError
+from lntune.model.compose import compose_llava_config, has_cls_token
+from lntune.model.connector import make_connector
+from lntune.model.load import model_class_for, torch_dtype
+from lntune.model.sources import CLIP_TYPES, load_llm_config, load_vision_config, require_weights
+
+IMAGE_TOKEN = "<image>"
+BUILD_INFO_FILE = "lntune_build.json"
+
+# The processor's template renders image parts as <image> in a Vicuna-v1 style conversation (the LLaVA-1.5
+# format). Training data goes through lntune's own templates; this one serves stock `apply_chat_template`.
+PROCESSOR_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}{{ ' ' }}"
+    "{% else %}{{ 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ eos_token if message['role'] == 'assistant' else ' ' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def add_special_tokens(tokenizer) -> list[str]:
+    """Add `<image>` (and a pad token where missing). Returns what was added, for the build record."""
+    from tokenizers import AddedToken
+
+    added = []
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+        added.append(IMAGE_TOKEN)
+    if tokenizer.pad_token is None:
+        # LLaVA's choice for LLaMA-family tokenizers: pad with <unk>; padded positions are never supervised.
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+            added.append(f"pad_token={tokenizer.unk_token} (existing)")
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            added.append("<pad>")
+    return added
+
+
+def _load_image_processor(vision_dir: Path, vision_config, say):
+    from transformers import AutoImageProcessor, CLIPImageProcessor, SiglipImageProcessor
+
+    if (vision_dir / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(str(vision_dir), local_files_only=True)
+    size = vision_config.image_size
+    say(f"warning: {vision_dir} has no preprocessor_config.json; using the standard processor at {size}px")
+    if vision_config.model_type in CLIP_TYPES:
+        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return SiglipImageProcessor(size={"height": size, "width": size})
+
+
+def _load_vision_model(vision_dir: Path, vision_config, dtype):
+    from transformers import CLIPVisionModel, SiglipVisionModel
+
+    model_class = CLIPVisionModel if vision_config.model_type in CLIP_TYPES else SiglipVisionModel
+    return model_class.from_pretrained(str(vision_dir), dtype=dtype, local_files_only=True)
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise LntuneError(f"output {out} already exists and is not empty; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def build_mllm(config: BuildConfig, say=print) -> Path:
+    """Build the MLLM that `config` describes and save it to `config.out`. Returns the output path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaProcessor
+
+    start = time.monotonic()
+    llm_dir = require_weights(config.llm, "LLM")
+    vision_dir = require_weights(config.vision, "vision")
+    llm_config = load_llm_config(llm_dir, config.trust_remote_code)
+    vision_config = load_vision_config(vision_dir)
+    out = Path(config.out).expanduser()
+    staging = _prepare_output(out, config.overwrite)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(llm_dir), local_files_only=True, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise LntuneError(f"cannot load the tokenizer from {llm_dir}: {error}") from None
+    added_tokens = add_special_tokens(tokenizer)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    say(f"loading LLM from {llm_dir} ({llm_config.model_type})")
+    llm = AutoModelForCausalLM.from_pretrained(
+        str(llm_dir), dtype=torch_dtype(config.dtype), local_files_only=True, trust_remote_code=config.trust_remote_code
+    )
+    dtype = llm.dtype
+    say(f"loading vision encoder from {vision_dir} ({vision_config.model_type})")
+    vision = _load_vision_model(vision_dir, vision_config, dtype)
+    image_processor = _load_image_processor(vision_dir, vision_config, say)
+
+    llava_config = compose_llava_config(
+        llm.config, vision.config, config.connector, config.vision_layer, config.vision_select, image_token_id
+    )
+    with torch.device("meta"):
+        model = model_class_for(llava_config)(llava_config)
+    # Move the pretrained modules into the skeleton; their configs become the Llava config's sub-configs.
+    language_model = getattr(llm, llm.base_model_prefix)
+    output_head = llm.get_output_embeddings()
+    if not isinstance(output_head, torch.nn.Linear) or output_head.bias is not None:
+        raise LntuneError(f"{llm_dir}: the LLM's output head is not a bias-free linear layer, which Llava requires")
+    model.model.language_model = language_model
+    model.lm_head = output_head
+    model.model.vision_tower = vision
+    model.config.text_config = language_model.config
+    model.config.vision_config = vision.config
+    torch.manual_seed(config.seed)
+    model.model.multi_modal_projector = make_connector(llava_config).to(dtype)
+    if llava_config.tie_word_embeddings:
+        model.tie_weights()
+
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab_size:
+        # New rows start at the mean of the existing embeddings (transformers' mean resizing), so the
+        # new tokens do not disturb the LLM's output distribution before training.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    leftovers = [name for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if tensor.is_meta]
+    if leftovers:
+        raise RuntimeError(f"internal error: tensors left on the meta device after assembly: {leftovers[:5]}")
+
+    model.generation_config = llm.generation_config
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision.config.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if has_cls_token(vision.config) else 0,
+        chat_template=PROCESSOR_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+    say(f"saving to {out}")
+    model.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
+    record = {
+        "lntune_version": __version__,
+        "llm": str(llm_dir.resolve()),
+        "vision": str(vision_dir.resolve()),
+        "connector": config.connector,
+        "vision_layer": config.vision_layer,
+        "vision_select": config.vision_select,
+        "image_token_id": image_token_id,
+        "image_seq_length": llava_config.image_seq_length,
+        "added_tokens": added_tokens,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    (staging / BUILD_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    say(f"built {out} in {time.monotonic() - start:.1f}s ({llava_config.image_seq_length} image tokens per image)")
+    return out

@@ -1,0 +1,88 @@
+"""Loading an MLLM directory (built by lntune, or any existing HF Llava checkpoint).
+
+Loading never freezes anything and never applies a method (see lntune.methods).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from lntune.errors import LntuneError
+from lntune.model.connector import is_stock, make_connector
+from lntune.model.sources import check_remote_code, read_config_dict
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LntuneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """Stock Llava with the connector chosen by `config.lntune_connector` (the paper's `linear`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model.multi_modal_projector = make_connector(config)
+
+
+def model_class_for(config) -> type[LlavaForConditionalGeneration]:
+    return LlavaForConditionalGeneration if is_stock(config) else LntuneLlavaForConditionalGeneration
+
+
+def torch_dtype(name: str):
+    """`auto` -> "auto" (the stored dtype), otherwise the torch dtype."""
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise LntuneError(f"unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_llava_config(path: str | Path, trust_remote_code: bool = False):
+    """The LlavaConfig of a model directory, with a clear error for anything else."""
+    from transformers import LlavaConfig
+
+    data = read_config_dict(path, "model")
+    check_remote_code(data, Path(path) / "config.json", trust_remote_code)
+    if data["model_type"] != "llava":
+        raise LntuneError(
+            f"{path} is a {data['model_type']!r} model, not a Llava MLLM; "
+            "build one first with `lntune build --llm ... --vision ... --out ...`"
+        )
+    config_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    return LlavaConfig.from_pretrained(str(config_dir), local_files_only=True)
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "auto",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load a Llava MLLM from a local directory with its real weights (eval mode off: train() as stored)."""
+    path = Path(path).expanduser()
+    config = load_llava_config(path, trust_remote_code)
+    model_class = model_class_for(config)
+    model = model_class.from_pretrained(
+        str(path),
+        config=config,
+        dtype=torch_dtype(dtype),
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+    )
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_processor(path: str | Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(Path(path).expanduser()), local_files_only=True)
+
+
+def meta_model(config):
+    """The model for `config` on the meta device: every shape, no memory (for parameter accounting)."""
+    model_class = model_class_for(config)
+    with torch.device("meta"):
+        return model_class(config)
