@@ -20,30 +20,32 @@ def _add_method_switches(parser: argparse.ArgumentParser) -> None:
     for switch in ("connector", "embeddings", "output-head", "final-norm"):
         group.add_argument(f"--train-{switch}", action=argparse.BooleanOptionalAction, default=None,
                            help=f"train the {switch.replace('-', ' ')} or not")
-    group.add_argument("--lora-rank", type=int, default=32)
-    group.add_argument("--lora-alpha", type=float, default=64.0)
-    group.add_argument("--lora-dropout", type=float, default=0.05)
+    group.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 32)")
+    group.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 64)")
+    group.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.05)")
     group.add_argument("--lora-targets", default=None,
                        help="comma-separated linear layer names in the LLM's blocks (default: all of them)")
 
 
-def method_configs_from_args(args, names):
-    from lntune.config import MethodConfig
+def _method_fields(args) -> dict:
+    """The method settings given on the command line (unset ones are left to the config / defaults)."""
+    fields = {
+        "train_connector": args.train_connector,
+        "train_embeddings": args.train_embeddings,
+        "train_output_head": args.train_output_head,
+        "train_final_norm": args.train_final_norm,
+        "lora_rank": args.lora_rank,
+        "lora_alpha": args.lora_alpha,
+        "lora_dropout": args.lora_dropout,
+        "lora_target_modules": args.lora_targets,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
 
-    return [
-        MethodConfig(
-            name=name,
-            train_connector=args.train_connector,
-            train_embeddings=args.train_embeddings,
-            train_output_head=args.train_output_head,
-            train_final_norm=args.train_final_norm,
-            lora_rank=args.lora_rank,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            lora_target_modules=tuple(t.strip() for t in args.lora_targets.split(",")) if args.lora_targets else None,
-        )
-        for name in names
-    ]
+
+def method_configs_from_args(args, names):
+    from lntune.config import MethodConfig, config_from_dict
+
+    return [config_from_dict(MethodConfig, dict(_method_fields(args), name=name), "command line") for name in names]
 
 
 # ---- build ----------------------------------------------------------------------------------------
@@ -105,6 +107,130 @@ def _params_run(args) -> int:
     return 0
 
 
+# ---- train ----------------------------------------------------------------------------------------
+
+_TRAIN_FLAGS = {
+    # flag dest -> dotted config key
+    "model": "model", "out": "out", "method": "method.name",
+    "image_folder": "data.image_folder", "types": "data.types", "template": "data.template",
+    "max_length": "data.max_length", "overlong": "data.overlong", "skip_invalid": "data.skip_invalid",
+    "num_workers": "data.num_workers", "max_image_pixels": "data.max_image_pixels",
+    "stage": "train.stage", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
+    "grad_accum": "train.grad_accum", "lr": "train.lr", "norm_lr": "train.norm_lr", "connector_lr": "train.connector_lr",
+    "embedding_lr": "train.embedding_lr", "weight_decay": "train.weight_decay", "warmup_ratio": "train.warmup_ratio",
+    "scheduler": "train.scheduler", "precision": "train.precision", "gradient_checkpointing": "train.gradient_checkpointing",
+    "seed": "train.seed", "save_every": "train.save_every", "keep_checkpoints": "train.keep_checkpoints",
+    "save_merged": "train.save_merged", "log_every": "train.log_every", "grad_stats": "train.grad_stats",
+}
+
+
+def _train_arguments(parser):
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-3")
+    parser.add_argument("--config", help="YAML run config (flags and overrides win over it)")
+    parser.add_argument("--model", help="built MLLM directory (stage 2: the stage-1 run's model/)")
+    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--stage", help="pretrain (connector on captions) or finetune (default)")
+    parser.add_argument("--method", help="tuning method (default: layernorm; connector for pretrain)")
+    parser.add_argument("--data", action="append", metavar="[TYPE=]PATH[:COUNT]", help="a data file (repeatable)")
+    parser.add_argument("--image-folder", help="folder the samples' image paths are relative to")
+    parser.add_argument("--types", help="comma-separated sample types to keep (e.g. conversation)")
+    parser.add_argument("--template", help="auto, vicuna_v1, llama_2, plain, tokenizer")
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--overlong", help="truncate or skip")
+    parser.add_argument("--skip-invalid", action="store_true", default=None, help="skip and count bad samples")
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--max-image-pixels", type=int)
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--batch-size", type=int, help="samples per process per micro-step")
+    parser.add_argument("--grad-accum", type=int)
+    for name in ("lr", "norm-lr", "connector-lr", "embedding-lr", "weight-decay", "warmup-ratio"):
+        parser.add_argument(f"--{name}", type=float)
+    parser.add_argument("--scheduler", help="cosine, linear, constant")
+    parser.add_argument("--precision", help="auto, bf16, fp16, fp32")
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
+    parser.add_argument("--keep-checkpoints", type=int)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--save-merged", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--grad-stats", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_method_switches(parser)
+
+
+def run_config_from_args(args):
+    from lntune.config import RunConfig, apply_overrides, config_from_dict, load_yaml
+    from lntune.data.mixture import parse_data_spec
+
+    data = load_yaml(args.config) if args.config else {}
+    flat = [f"{key}={json.dumps(getattr(args, dest))}" for dest, key in _TRAIN_FLAGS.items() if getattr(args, dest) is not None]
+    flat += [f"method.{key}={json.dumps(value)}" for key, value in _method_fields(args).items()]
+    data = apply_overrides(data, flat + list(args.overrides))
+    if args.data:
+        data.setdefault("data", {})["sources"] = [
+            {k: v for k, v in vars(parse_data_spec(spec)).items() if v is not None} for spec in args.data
+        ]
+    if data.get("train", {}).get("stage") == "pretrain":
+        data.setdefault("method", {}).setdefault("name", "connector")
+    source = args.config or "command line"
+    for key in ("model", "out"):
+        if key not in data:
+            raise_missing(key)
+    return config_from_dict(RunConfig, data, source)
+
+
+def raise_missing(key):
+    from lntune.errors import LntuneError
+
+    raise LntuneError(f"--{key} is required (or set {key}: in the --config file)")
+
+
+def _train_run(args) -> int:
+    from lntune.train.trainer import train
+
+    train(run_config_from_args(args), resume=args.resume)
+    return 0
+
+
+# ---- merge ----------------------------------------------------------------------------------------
+
+def _merge_arguments(parser):
+    parser.add_argument("--model", required=True, help="the base model the adapter was trained on")
+    parser.add_argument("--adapter", required=True, help="a run's adapter/ directory")
+    parser.add_argument("--out", required=True, help="where the merged full model is written")
+
+
+def _merge_run(args) -> int:
+    from lntune.adapter import merge_adapter
+
+    merge_adapter(args.model, args.adapter, args.out, say=lambda message: print(message, file=sys.stderr))
+    return 0
+
+
+# ---- data check -----------------------------------------------------------------------------------
+
+def _data_arguments(parser):
+    parser.add_argument("action", choices=["check"], help="check: report on data before a long job")
+    parser.add_argument("specs", nargs="+", metavar="[TYPE=]PATH[:COUNT]")
+    parser.add_argument("--model", help="a built model: adds token lengths and the label-mask self-check")
+    parser.add_argument("--image-folder")
+    parser.add_argument("--types", help="comma-separated sample types to keep")
+    parser.add_argument("--template", default="auto")
+    parser.add_argument("--stage", default="finetune")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--limit", type=int, help="check only the first N selected samples")
+    parser.add_argument("--json", action="store_true")
+
+
+def _data_run(args) -> int:
+    from lntune.data.check import check_data, format_report
+
+    report = check_data(args)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 # ---- demo -----------------------------------------------------------------------------------------
 
 def _demo_arguments(parser):
@@ -120,6 +246,9 @@ def _demo_run(args) -> int:
 COMMANDS = {
     "build": (_build_arguments, _build_run, "assemble an MLLM from a local LLM and vision encoder"),
     "params": (_params_arguments, _params_run, "count total and trainable parameters per component and method"),
+    "train": (_train_arguments, _train_run, "train a stage (pretrain / finetune) with a tuning method"),
+    "merge": (_merge_arguments, _merge_run, "merge an adapter into its base model -> a full model directory"),
+    "data": (_data_arguments, _data_run, "check LLaVA-format data before training (lntune data check SPEC...)"),
     "demo": (_demo_arguments, _demo_run, "run the built-in tiny end-to-end demo on CPU"),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -86,6 +86,139 @@ class MethodConfig:
             raise LntuneError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lora_target_modules is not None and not self.lora_target_modules:
             raise LntuneError("lora_target_modules is empty: give at least one module name, or leave it unset")
+
+
+OVERLONG_POLICIES = ("truncate", "skip")
+STAGES = ("pretrain", "finetune")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULERS = ("cosine", "linear", "constant")
+DISTRIBUTED = ("ddp",)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data file, optionally tagged with a type and cut to a sample count."""
+
+    path: str
+    """LLaVA-format JSON list or JSON Lines file."""
+    type: str | None = None
+    """Type tag for samples that carry no `type` field of their own (e.g. conversation, detail)."""
+    count: int | None = None
+    """Use this many samples, drawn deterministically (seeded) from the file; None: all."""
+
+    def __post_init__(self):
+        if self.count is not None and self.count < 1:
+            raise LntuneError(f"data source {self.path}: count must be >= 1, got {self.count}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on and how samples become tokens."""
+
+    sources: tuple[DataSource, ...] = ()
+    """Data files; CLI form: --data [TYPE=]PATH[:COUNT] (repeatable)."""
+    image_folder: str | None = None
+    """Folder that the samples' relative image paths start from."""
+    types: tuple[str, ...] | None = None
+    """Keep only samples whose type is one of these (the paper's data-type study)."""
+    template: str = "auto"
+    """Chat template: auto (the model's own; plain in stage pretrain), vicuna_v1, llama_2, plain, tokenizer."""
+    max_length: int = 2048
+    """Longest sequence in tokens, image tokens included."""
+    overlong: str = "truncate"
+    """Longer samples: truncate (text after the image) or skip (and count)."""
+    skip_invalid: bool = False
+    """Skip and count invalid records and unreadable images instead of stopping with an error."""
+    max_image_pixels: int = 64_000_000
+    """Decompression-bomb guard: images with more pixels are refused."""
+    num_workers: int = 0
+    """DataLoader worker processes (image decoding in parallel)."""
+
+    def __post_init__(self):
+        _check_choice("overlong policy", self.overlong, OVERLONG_POLICIES)
+        if self.max_length < 8:
+            raise LntuneError(f"max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop."""
+
+    stage: str = "finetune"
+    """pretrain (connector on captions) or finetune (instruction data with a method)."""
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to run; None: from epochs."""
+    batch_size: int = 4
+    """Samples per device per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step. Global batch = batch_size x grad_accum x processes."""
+    lr: float | None = None
+    """Learning rate; None: the method's default (lntune.methods.METHODS)."""
+    norm_lr: float | None = None
+    """Learning rate for norm parameters; None: lr."""
+    connector_lr: float | None = None
+    """Learning rate for the connector; None: lr."""
+    embedding_lr: float | None = None
+    """Learning rate for word embeddings and output head; None: lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices (never on norms, biases or embeddings)."""
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    """Gradient clipping; 0 turns it off."""
+    precision: str = "auto"
+    """auto: bf16 on GPUs that have it, else fp32."""
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 500
+    """Checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    distributed: str = "ddp"
+    """How several processes (torchrun) share the work."""
+    save_merged: bool | None = None
+    """Also write a full merged model/ (None: yes for pretrain, whose output the finetune stage starts from)."""
+    grad_stats: bool = True
+    """Log per-block gradient norms of the norm parameters (gradient-variance analysis)."""
+
+    def __post_init__(self):
+        _check_choice("stage", self.stage, STAGES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
+        _check_choice("distributed mode", self.distributed, DISTRIBUTED)
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise LntuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise LntuneError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise LntuneError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise LntuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training run: model in, data, method, loop, run directory out."""
+
+    model: str
+    """Built MLLM directory (lntune build, a stage-1 run's model/, or an HF Llava checkpoint)."""
+    out: str
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/, model/."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.train.stage == "pretrain" and self.method.name != "connector":
+            raise LntuneError(
+                f"stage pretrain trains the connector only, but method is {self.method.name!r}; "
+                "use --method connector (the default for pretrain) or --stage finetune"
+            )
+        if not self.data.sources:
+            raise LntuneError("no training data: give --data [TYPE=]PATH[:COUNT] (repeatable)")
 
 
 def _check_choice(what: str, value, valid) -> None:
@@ -230,6 +363,10 @@ def _coerce(hint, value, source, key):
 __all__ = [
     "BuildConfig",
     "MethodConfig",
+    "DataSource",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
     "config_from_dict",
     "config_to_dict",
     "load_yaml",

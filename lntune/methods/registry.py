@@ -20,14 +20,17 @@ class Method:
     embeddings: bool
     output_head: bool
     final_norm: bool
+    default_lr: float
+    """Starting-point learning rate. Norm gains need a far larger step than full finetuning's
+    (PEFT's own LN-tuning benchmark learned nothing at 1e-4); tune it for your data."""
 
 
 METHODS = {
-    "full": Method("every LLM parameter + connector", "all", True, True, True, True),
-    "lora": Method("LoRA adapters on the LLM's linear layers + connector + embeddings + head", "lora", True, True, True, False),
-    "attn-qv": Method("q_proj and v_proj of every block + connector + embeddings + head", "attn_qv", True, True, True, False),
-    "attn-mlp": Method("the MLP of every block + connector + embeddings + head", "mlp", True, True, True, False),
-    "layernorm": Method("the norms inside every block + final norm + connector + embeddings + head", "block_norms", True, True, True, True),
-    "layernorm-simple": Method("the norms inside every block + final norm, nothing else", "block_norms", False, False, False, True),
-    "connector": Method("the connector only (stage 1; an ablation in stage 2)", "none", True, False, False, False),
+    "full": Method("every LLM parameter + connector", "all", True, True, True, True, 2e-5),
+    "lora": Method("LoRA adapters on the LLM's linear layers + connector + embeddings + head", "lora", True, True, True, False, 2e-4),
+    "attn-qv": Method("q_proj and v_proj of every block + connector + embeddings + head", "attn_qv", True, True, True, False, 5e-5),
+    "attn-mlp": Method("the MLP of every block + connector + embeddings + head", "mlp", True, True, True, False, 2e-5),
+    "layernorm": Method("the norms inside every block + final norm + connector + embeddings + head", "block_norms", True, True, True, True, 1e-3),
+    "layernorm-simple": Method("the norms inside every block + final norm, nothing else", "block_norms", False, False, False, True, 1e-3),
+    "connector": Method("the connector only (stage 1; an ablation in stage 2)", "none", True, False, False, False, 2e-3),
 }

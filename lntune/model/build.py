@@ -18,6 +18,7 @@ import torch
 
 from lntune import __version__
 from lntune.config import BuildConfig
+from lntune.data.chat import VICUNA_V1
 from lntune.errors import LntuneError
 from lntune.model.compose import compose_llava_config, has_cls_token
 from lntune.model.connector import make_connector
@@ -26,22 +27,6 @@ from lntune.model.sources import CLIP_TYPES, load_llm_config, load_vision_config
 
 IMAGE_TOKEN = "<image>"
 BUILD_INFO_FILE = "lntune_build.json"
-
-# The processor's template renders image parts as <image> in a Vicuna-v1 style conversation (the LLaVA-1.5
-# format). Training data goes through lntune's own templates; this one serves stock `apply_chat_template`.
-PROCESSOR_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }}{{ ' ' }}"
-    "{% else %}{{ 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ eos_token if message['role'] == 'assistant' else ' ' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
 
 def add_special_tokens(tokenizer) -> list[str]:
     """Add `<image>` (and a pad token where missing). Returns what was added, for the build record."""
@@ -154,13 +139,17 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
+    # The LLM's own chat template if it has one (the format it was trained on), else LLaVA's vicuna_v1.
+    # Tokenizer and processor get the same one, so lntune's training and stock apply_chat_template agree.
+    chat_template = tokenizer.chat_template or VICUNA_V1
+    tokenizer.chat_template = chat_template
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision.config.patch_size,
         vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
         num_additional_image_tokens=1 if has_cls_token(vision.config) else 0,
-        chat_template=PROCESSOR_CHAT_TEMPLATE,
+        chat_template=chat_template,
         image_token=IMAGE_TOKEN,
     )
     say(f"saving to {out}")
@@ -176,6 +165,7 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
         "image_token_id": image_token_id,
         "image_seq_length": llava_config.image_seq_length,
         "added_tokens": added_tokens,
+        "chat_template": "llm" if chat_template is not VICUNA_V1 else "vicuna_v1",
         "dtype": str(dtype).replace("torch.", ""),
     }
     (staging / BUILD_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")

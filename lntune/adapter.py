@@ -1,0 +1,159 @@
+"""Adapters: only the tensors a run trained, tied to the exact base model they were trained on.
+
+`adapter/` holds `trainable.safetensors` (the trained tensors, by their names in the Llava model)
+and `adapter.json` (method, stage, tensor names and shapes, and the base model's fingerprint). LoRA
+runs add PEFT's own files (`adapter_config.json`, `adapter_model.safetensors`), so the LoRA part
+also loads with `PeftModel.from_pretrained`. Loading an adapter onto another base is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lntune import __version__
+from lntune.errors import LntuneError
+
+MANIFEST = "adapter.json"
+TENSORS = "trainable.safetensors"
+_SAMPLES_PER_FILE = 16
+_SAMPLE_BYTES = 1 << 16
+
+
+def fingerprint(model_dir: str | Path) -> str:
+    """A content fingerprint of a model directory's weights, cheap even for 70B.
+
+    Hashes config.json, every safetensors header (names, shapes, dtypes) and 16 evenly spaced 64 KiB
+    samples of each weight file: two checkpoints of one architecture with different weights differ.
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    config = model_dir / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    weight_files = sorted(model_dir.glob("*.safetensors"))
+    if not weight_files:
+        raise LntuneError(f"{model_dir} has no *.safetensors weights to fingerprint")
+    for path in weight_files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            digest.update(handle.read(header_size))
+            for sample in range(_SAMPLES_PER_FILE):
+                handle.seek(size * sample // _SAMPLES_PER_FILE)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:32]
+
+
+def _unique_trainable(model) -> dict[str, torch.Tensor]:
+    """Trainable tensors by name, each shared tensor once (tied embeddings / head)."""
+    from lntune.methods.lora import lora_parameters
+    from lntune.model.parts import unwrap
+
+    lora_ids = {id(p) for p in lora_parameters(model)}
+    tensors, seen = {}, set()
+    for name, parameter in unwrap(model).named_parameters():
+        if parameter.requires_grad and id(parameter) not in lora_ids and id(parameter) not in seen:
+            seen.add(id(parameter))
+            tensors[name] = parameter.detach().to("cpu").contiguous()
+    return tensors
+
+
+def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str, base_fingerprint: str | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tensors = _unique_trainable(model)
+    is_lora = hasattr(model, "peft_config")
+    if is_lora:
+        model.save_pretrained(str(staging))  # PEFT: adapter_config.json + adapter_model.safetensors
+    save_file(tensors, str(staging / TENSORS), metadata={"format": "pt"})
+    manifest = {
+        "format": "lntune-adapter",
+        "version": 1,
+        "lntune_version": __version__,
+        "stage": stage,
+        "method": method,
+        "lora": is_lora,
+        "base_model": str(Path(base_dir).resolve()),
+        "base_fingerprint": base_fingerprint or fingerprint(base_dir),
+        "tensors": {name: list(tensor.shape) for name, tensor in tensors.items()},
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
+
+
+def read_manifest(adapter_dir: str | Path) -> dict:
+    path = Path(adapter_dir) / MANIFEST
+    if not path.is_file():
+        raise LntuneError(f"{adapter_dir} is not an lntune adapter (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
+    """Put an adapter's tensors into `model` (loaded from `base_dir`). Returns the model (PEFT-wrapped for LoRA)."""
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    manifest = read_manifest(adapter_dir)
+    actual = fingerprint(base_dir)
+    if actual != manifest["base_fingerprint"]:
+        raise LntuneError(
+            f"adapter {adapter_dir} was trained on another base model (fingerprint {manifest['base_fingerprint']}, "
+            f"from {manifest['base_model']}); {base_dir} has fingerprint {actual}. Load it on the model it was trained from."
+        )
+    if manifest["lora"]:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    from lntune.model.parts import unwrap
+
+    parameters = dict(unwrap(model).named_parameters())
+    tensors = load_file(str(adapter_dir / TENSORS))
+    for name, tensor in tensors.items():
+        if name not in parameters or parameters[name].shape != tensor.shape:
+            raise LntuneError(f"adapter tensor {name} {list(tensor.shape)} does not fit the model {base_dir}")
+        with torch.no_grad():
+            parameters[name].copy_(tensor.to(parameters[name].dtype))
+    return model
+
+
+def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
+    """A full model directory: base + adapter, LoRA merged into the weights."""
+    from lntune.model.load import load_model, load_processor
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise LntuneError(f"output {out} already exists and is not empty; choose another --out")
+    model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    save_model_dir(model, load_processor(base_dir), out, base_dir)
+    say(f"merged {adapter_dir} into {base_dir} -> {out}")
+    return out
+
+
+def save_model_dir(model, processor, out: str | Path, base_dir: str | Path) -> None:
+    """Save a full model + processor atomically, carrying the base's build record along."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))
+    processor.save_pretrained(str(staging))
+    build_record = Path(base_dir) / "lntune_build.json"
+    if build_record.is_file():
+        shutil.copy(build_record, staging / build_record.name)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)

@@ -1,0 +1,96 @@
+"""Checkpoints: the trained tensors, optimizer, schedule, step and every process's RNG, written atomically.
+
+Only trainable tensors are saved (kilobytes for LayerNorm tuning of a 7B model, not 14 GB). A
+checkpoint directory appears under its final name only when complete: it is written as
+`.step-N.tmp` and renamed, so a run killed mid-save resumes from the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in root.iterdir() if (m := _NAME.match(path.name)) and path.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu").clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = run_dir / "checkpoints"
+    final = root / f"step-{step:08d}"
+    staging = root / f".step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        tensors = trainable_state(accelerator.unwrap_model(model))
+        # Tied tensors appear under two names; safetensors refuses shared storage, so clone each.
+        save_file({name: tensor.clone() for name, tensor in tensors.items()}, str(staging / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        (staging / "state.json").write_text(json.dumps(dict(state, step=step, world_size=accelerator.num_processes), indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging.rename(final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    from lntune.errors import LntuneError
+
+    state = json.loads((path / "state.json").read_text())
+    if state["world_size"] != accelerator.num_processes:
+        raise LntuneError(
+            f"{path} was written by {state['world_size']} processes; resume with the same number "
+            f"(got {accelerator.num_processes}) so that every step sees the same data"
+        )
+    tensors = load_file(str(path / "trainable.safetensors"))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            parameters[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+    return state

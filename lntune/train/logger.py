@@ -1,0 +1,79 @@
+"""Training logs: metrics.jsonl (one JSON object per logged step), TensorBoard, and gradient statistics.
+
+metrics.jsonl is appended and flushed line by line, so a killed run keeps every step it logged; a
+resumed run first drops lines past its checkpoint, so the file never holds a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from lntune.model.parts import locate_parts
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep only records with step <= last_step (after resuming from that step)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.metrics = (run_dir / "metrics.jsonl").open("a") if enabled else None
+        self.grads = (run_dir / "grad_stats.jsonl").open("a") if enabled else None
+        self.tensorboard = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+                self.tensorboard = None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+
+    def log_gradients(self, record: dict) -> None:
+        if self.enabled and record:
+            self.grads.write(json.dumps(record) + "\n")
+            self.grads.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.metrics.close()
+            self.grads.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+
+def norm_gradient_norms(model) -> dict:
+    """L2 norm of the norm parameters' gradients per block (and overall); {} if no norm has a gradient."""
+    parts = locate_parts(model)
+    per_block, total = [], 0.0
+    for block in parts.blocks:
+        squared = 0.0
+        found = False
+        for norm in block.norms.values():
+            for parameter in norm.parameters():
+                if parameter.grad is not None:
+                    squared += float(parameter.grad.detach().float().pow(2).sum())
+                    found = True
+        per_block.append(math.sqrt(squared) if found else None)
+        total += squared
+    if all(value is None for value in per_block):
+        return {}
+    return {"norm_grad_norm": math.sqrt(total), "block_norm_grad_norms": per_block}

@@ -1,0 +1,231 @@
+"""The one training loop for every method and stage, on one process or many (torchrun / accelerate launch).
+
+Why a small loop over Accelerate rather than HF Trainer: checkpoints here hold only the trained
+tensors (kilobytes for LayerNorm tuning instead of a 14 GB model copy per save), the loss is
+normalised by the supervised tokens of the whole global batch (so N processes reproduce one process
+exactly), and resuming replays the very same batches. Accelerate still provides device placement,
+DDP and mixed precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import yaml
+
+from lntune.adapter import fingerprint, save_adapter, save_model_dir
+from lntune.config import RunConfig, config_to_dict
+from lntune.data.dataset import SupervisedDataset, collate
+from lntune.data.mixture import build_mixture
+from lntune.errors import LntuneError
+from lntune.methods import apply_method
+from lntune.model.load import load_model, load_processor
+from lntune.model.parts import unwrap
+from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
+from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
+from lntune.train.sampler import StepBatchSampler
+
+
+def _precision(name: str) -> str:
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[name]
+
+
+def _memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | None:
+    """Create the run dir or check it for resuming. Returns the checkpoint to resume from."""
+    out = Path(config.out)
+    saved = out / "config.yaml"
+    wanted = config_to_dict(config)
+    if resume:
+        if not saved.is_file():
+            raise LntuneError(f"--resume: {out} is not a run directory (no config.yaml)")
+        previous = yaml.safe_load(saved.read_text())
+        if previous != wanted:
+            differing = sorted(_diff(previous, wanted))
+            raise LntuneError(f"--resume: the configuration differs from {saved} at {', '.join(differing)}")
+        found = checkpoint_dirs(out)
+        return found[-1] if found else None
+    if not is_main:
+        return None  # the main process checks and creates the directory
+    if out.exists() and any(out.iterdir()):
+        raise LntuneError(f"run directory {out} already exists; pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    return None
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in set(a) | set(b):
+            yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over supervised positions. logits [B, T, V], labels [B, T]."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+
+
+def train(config: RunConfig, resume: bool = False, say=None) -> Path:
+    """Run `config`; returns the run directory. Rank 0 writes all files."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    train_config, data_config = config.train, config.data
+    mixture = build_mixture(data_config, train_config.seed)
+    accelerator = Accelerator(
+        mixed_precision=_precision(train_config.precision),
+        # Text-only batches leave the connector without a gradient; DDP must be told to expect that.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=mixture.text_only() > 0)],
+    )
+    is_main = accelerator.is_main_process
+    log = say if is_main else (lambda message: None)
+    resume_from = _prepare_run_dir(config, resume, is_main)
+    accelerator.wait_for_everyone()
+    run_dir = Path(config.out)
+    set_seed(train_config.seed)
+
+    processor = load_processor(config.model)
+    base_dtype = torch.bfloat16 if _precision(train_config.precision) == "bf16" else None
+    model = load_model(config.model, dtype="bfloat16" if base_dtype else "float32")
+    model = apply_method(model, config.method)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()  # optimizer state and updates in fp32
+    if train_config.gradient_checkpointing:
+        # Non-reentrant checkpointing gives gradients to parameters inside blocks even when the blocks'
+        # inputs need none (layernorm-simple freezes the embeddings).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    unwrap(model).model.vision_tower.eval()
+
+    dataset = SupervisedDataset(mixture, processor, model.config.image_seq_length, data_config, train_config.stage)
+    world = accelerator.num_processes
+    probe = StepBatchSampler(len(dataset), train_config.batch_size, train_config.grad_accum, world, 0, train_config.seed, 1)
+    total_steps = train_config.max_steps or max(1, round(train_config.epochs * probe.steps_per_epoch))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, train_config.scheduler, total_steps, train_config.warmup_ratio)
+    start_step, counters = 0, {"skipped": 0, "truncated": 0}
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler)
+        start_step, counters = state["step"], state["counters"]
+        log(f"resuming from {resume_from} (step {start_step} of {total_steps})")
+    if is_main:
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
+        truncate_jsonl(run_dir / "grad_stats.jsonl", start_step)
+    base_print = fingerprint(config.model)
+
+    sampler = StepBatchSampler(len(dataset), train_config.batch_size, train_config.grad_accum, world,
+                               accelerator.process_index, train_config.seed, total_steps, start_step)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=data_config.num_workers,
+        collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    unwrap(accelerator.unwrap_model(model)).model.vision_tower.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    logger = MetricsLogger(run_dir, is_main)
+    log(
+        f"training {config.method.name} ({sum(p.numel() for p in trainable):,} trainable parameters) on "
+        f"{len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} samples, "
+        f"lr {base_learning_rate(config):g}, {world} process(es), precision {accelerator.mixed_precision}"
+    )
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=total_steps, initial=start_step, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
+    batches = iter(loader)
+    step = start_step
+    try:
+        while step < total_steps:
+            started = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(train_config.grad_accum)]
+            local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
+            global_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
+            loss_total, seen_tokens = 0.0, 0
+            for index, batch in enumerate(micro_batches):
+                counters["skipped"] += len(batch.pop("skipped"))
+                counters["truncated"] += batch.pop("truncated")
+                labels = batch.pop("labels").to(accelerator.device)
+                inputs = {key: value.to(accelerator.device) for key, value in batch.items()}
+                seen_tokens += int(inputs["attention_mask"].sum())
+                last = index == len(micro_batches) - 1
+                sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    logits = model(**inputs, use_cache=False).logits
+                    loss_sum = _token_loss_sum(logits, labels)
+                    # DDP averages gradients over processes; scaling by world makes the result the
+                    # gradient of (sum of token losses / supervised tokens in the global batch).
+                    loss = loss_sum * world / max(global_tokens, 1)
+                accelerator.backward(loss)
+                loss_total += float(loss_sum.detach())
+            gradient_record = norm_gradient_norms(accelerator.unwrap_model(model)) if train_config.grad_stats else {}
+            grad_norm = None
+            if train_config.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(trainable, train_config.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            progress.update(1)
+
+            loss_value = float(accelerator.reduce(torch.tensor(loss_total, device=accelerator.device), "sum")) / max(global_tokens, 1)
+            tokens = int(accelerator.reduce(torch.tensor(seen_tokens, device=accelerator.device), "sum"))
+            elapsed = time.perf_counter() - started
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+            if step % train_config.log_every == 0 or step == total_steps:
+                logger.log({
+                    "step": step, "epoch": step / sampler.steps_per_epoch, "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_second": tokens / elapsed,
+                    "step_seconds": elapsed, "memory_mb": _memory_mb(), "supervised_tokens": global_tokens,
+                    "skipped_total": counters["skipped"], "truncated_total": counters["truncated"],
+                })
+            if gradient_record:
+                logger.log_gradients({"step": step, **gradient_record})
+            if train_config.save_every and step % train_config.save_every == 0 and step < total_steps:
+                save_checkpoint(accelerator, run_dir, step, model, optimizer, scheduler,
+                                {"counters": counters}, train_config.keep_checkpoints)
+    finally:
+        progress.close()
+        logger.close()
+
+    accelerator.wait_for_everyone()
+    if is_main:
+        final = unwrap(accelerator.unwrap_model(model))
+        peft_or_model = accelerator.unwrap_model(model)
+        save_adapter(peft_or_model, run_dir / "adapter", config.model, config_to_dict(config.method),
+                     train_config.stage, base_print)
+        save_merged = train_config.save_merged if train_config.save_merged is not None else train_config.stage == "pretrain"
+        if save_merged:
+            merged = peft_or_model.merge_and_unload() if hasattr(peft_or_model, "merge_and_unload") else final
+            if base_dtype is not None:
+                merged = merged.to(base_dtype)
+            save_model_dir(merged, processor, run_dir / "model", config.model)
+        summary = {"steps": total_steps, "samples_seen": total_steps * sampler.global_batch, **counters,
+                   "invalid_records_skipped": len(mixture.invalid())}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log(f"done: {run_dir} (adapter/{' and model/' if save_merged else ''}); "
+            f"{counters['skipped']} samples skipped, {counters['truncated']} truncated")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return run_dir
