@@ -69,8 +69,9 @@ def build_mixture(config: DataConfig, seed: int) -> Mixture:
                 )
             # Seeded per source, so adding a source does not change what the others draw.
             candidates = sorted(random.Random(f"{seed}:{source_index}:{source.path}").sample(candidates, source.count))
-        if not candidates:
-            raise LntuneError(f"{source.path}: no samples selected (types filter: {config.types})")
         files.append(file)
         items.extend((len(files) - 1, index) for index in candidates)
+    if not items:
+        wanted = f" of types {', '.join(config.types)}" if config.types else ""
+        raise LntuneError(f"no samples{wanted} in {', '.join(s.path for s in config.sources)}")
     return Mixture(files, items)

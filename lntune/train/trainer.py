@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -92,7 +93,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     train_config, data_config = config.train, config.data
     mixture = build_mixture(data_config, train_config.seed)
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
+        # Accelerate only sets up multi-process CPU training (gloo) when told the run is on the CPU.
+        cpu=multi_process and not torch.cuda.is_available(),
         mixed_precision=_precision(train_config.precision),
         # Text-only batches leave the connector without a gradient; DDP must be told to expect that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=mixture.text_only() > 0)],
@@ -114,7 +118,7 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     if train_config.gradient_checkpointing:
         # Non-reentrant checkpointing gives gradients to parameters inside blocks even when the blocks'
         # inputs need none (layernorm-simple freezes the embeddings).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     unwrap(model).model.vision_tower.eval()
 
@@ -139,6 +143,9 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=data_config.num_workers,
         collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+        # Its own generator: creating the iterator must not draw from the global RNG that dropout uses,
+        # or a resumed run (RNG restored, then a new iterator) would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(train_config.seed),
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -183,6 +190,7 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             grad_norm = None
             if train_config.max_grad_norm > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(trainable, train_config.max_grad_norm))
+            step_lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule advances)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -196,7 +204,7 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             if step % train_config.log_every == 0 or step == total_steps:
                 logger.log({
                     "step": step, "epoch": step / sampler.steps_per_epoch, "loss": loss_value,
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_second": tokens / elapsed,
+                    "lr": step_lr, "grad_norm": grad_norm, "tokens_per_second": tokens / elapsed,
                     "step_seconds": elapsed, "memory_mb": _memory_mb(), "supervised_tokens": global_tokens,
                     "skipped_total": counters["skipped"], "truncated_total": counters["truncated"],
                 })
@@ -228,4 +236,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             f"{counters['skipped']} samples skipped, {counters['truncated']} truncated")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    # Accelerate keeps its settings in a process-wide singleton; clear them so that a later train()
+    # in the same process (lntune compare, notebooks) can choose another precision.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     return run_dir

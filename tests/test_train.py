@@ -1,0 +1,219 @@
+"""Training end to end: outputs, adapters and merging, stages, resume after a real kill, 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lntune.adapter import load_adapter, read_manifest
+from lntune.cli import main
+from lntune.config import DataConfig, DataSource, MethodConfig, RunConfig, TrainConfig
+from lntune.errors import LntuneError
+from lntune.model.load import load_model
+from lntune.train.trainer import train
+from tests.helpers import image_inputs, write_llava_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_llava_data(tmp_path_factory.mktemp("data"), count=16, text_only=4)
+
+
+def run_config(model_dir, out, data, method="layernorm", **train):
+    path, images = data
+    settings = dict(max_steps=4, batch_size=2, grad_accum=2, save_every=0, seed=3)
+    settings.update(train)
+    return RunConfig(
+        model=str(model_dir), out=str(out), method=MethodConfig(name=method, lora_dropout=0.0),
+        data=DataConfig(sources=(DataSource(str(path)),), image_folder=str(images)),
+        train=TrainConfig(**settings),
+    )
+
+
+def _logits(model, inputs):
+    model.eval()
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_layernorm_run_writes_everything(built_model, data, tmp_path):
+    model_dir = built_model()
+    run = train(run_config(model_dir, tmp_path / "run", data, save_every=2, save_merged=True), say=lambda m: None)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "grad_stats.jsonl", "adapter", "model", "tensorboard", "summary.json"} <= names
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(m["loss"] > 0 and m["tokens_per_second"] > 0 and m["memory_mb"] > 0 for m in metrics)
+    assert metrics[0]["lr"] < metrics[1]["lr"] or metrics[0]["lr"] == pytest.approx(1e-3)  # warmup then cosine
+    gradients = [json.loads(line) for line in (run / "grad_stats.jsonl").read_text().splitlines()]
+    assert len(gradients) == 4 and len(gradients[0]["block_norm_grad_norms"]) == 2
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    # the adapter holds exactly the trained tensors, and they moved
+    manifest = read_manifest(run / "adapter")
+    base = load_model(model_dir)
+    trained = load_file(str(run / "adapter" / "trainable.safetensors"))
+    expected = {n for n, _ in base.named_parameters() if ("norm" in n and "language_model" in n)
+                or "multi_modal_projector" in n or "embed_tokens" in n or n == "lm_head.weight"}
+    assert set(trained) == set(manifest["tensors"]) == expected
+    parameters = dict(base.named_parameters())
+    assert all(not torch.equal(trained[n], parameters[n]) for n in trained if "embed_tokens" not in n)
+    # base + adapter == the merged model the run wrote
+    inputs = image_inputs(model_dir)
+    with_adapter = load_adapter(load_model(model_dir), run / "adapter", model_dir)
+    assert torch.equal(_logits(with_adapter, inputs), _logits(load_model(run / "model"), inputs))
+
+
+def test_layernorm_simple_adapter_is_only_norms(built_model, data, tmp_path):
+    run = train(run_config(built_model(), tmp_path / "run", data, method="layernorm-simple"), say=lambda m: None)
+    tensors = load_file(str(run / "adapter" / "trainable.safetensors"))
+    assert len(tensors) == 2 * 2 + 1  # two norms per block, two blocks, the final norm
+    assert all("layernorm" in name or name.endswith("language_model.norm.weight") for name in tensors)
+
+
+def test_lora_adapter_peft_format_and_merge(built_model, data, tmp_path):
+    model_dir = built_model()
+    run = train(run_config(model_dir, tmp_path / "run", data, method="lora", lr=1e-2), say=lambda m: None)
+    adapter = run / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    extra = load_file(str(adapter / "trainable.safetensors"))
+    assert not any("lora" in name for name in extra) and any("multi_modal_projector" in name for name in extra)
+    inputs = image_inputs(model_dir)
+    adapted = _logits(load_adapter(load_model(model_dir), adapter, model_dir), inputs)
+    assert not torch.allclose(adapted, _logits(load_model(model_dir), inputs))
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    torch.testing.assert_close(_logits(load_model(tmp_path / "merged"), inputs), adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_refused_on_another_base(built_model, data, tmp_path):
+    run = train(run_config(built_model(), tmp_path / "run", data), save_merged=None, say=lambda m: None) \
+        if False else train(run_config(built_model(), tmp_path / "run", data), say=lambda m: None)
+    other = built_model(llm="llama", connector="linear")  # same LLM, other connector: another base
+    with pytest.raises(LntuneError, match="trained on another base model"):
+        load_adapter(load_model(other), run / "adapter", other)
+
+
+def test_two_stages(built_model, data, tmp_path):
+    model_dir = built_model(connector="linear")
+    stage1 = train(run_config(model_dir, tmp_path / "stage1", data, method="connector", stage="pretrain"), say=lambda m: None)
+    assert (stage1 / "model" / "config.json").is_file()
+    base, pretrained = load_model(model_dir), load_model(stage1 / "model")
+    changed = {n for (n, a), (_, b) in zip(base.named_parameters(), pretrained.named_parameters()) if not torch.equal(a, b)}
+    assert changed and all("multi_modal_projector" in name for name in changed)
+    stage2 = train(run_config(stage1 / "model", tmp_path / "stage2", data), say=lambda m: None)
+    assert read_manifest(stage2 / "adapter")["base_model"] == str((stage1 / "model").resolve())
+
+
+def test_gradient_checkpointing_gives_the_same_weights(built_model, data, tmp_path):
+    model_dir = built_model()
+    plain = train(run_config(model_dir, tmp_path / "a", data, method="layernorm-simple"), say=lambda m: None)
+    checkpointed = train(run_config(model_dir, tmp_path / "b", data, method="layernorm-simple",
+                                    gradient_checkpointing=True), say=lambda m: None)
+    a = load_file(str(plain / "adapter" / "trainable.safetensors"))
+    b = load_file(str(checkpointed / "adapter" / "trainable.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_bf16_mixed_precision_runs(built_model, data, tmp_path):
+    run = train(run_config(built_model(), tmp_path / "run", data, precision="bf16"), say=lambda m: None)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(loss == loss and loss > 0 for loss in losses)
+
+
+def test_existing_run_dir_needs_resume(built_model, data, tmp_path):
+    config = run_config(built_model(), tmp_path / "run", data)
+    train(config, say=lambda m: None)
+    with pytest.raises(LntuneError, match="--resume"):
+        train(config, say=lambda m: None)
+    changed = run_config(built_model(), tmp_path / "run", data, lr=0.5)
+    with pytest.raises(LntuneError, match="train.lr"):
+        train(changed, resume=True, say=lambda m: None)
+
+
+def test_cli_yaml_config_and_overrides(built_model, data, tmp_path):
+    path, images = data
+    config = {"model": str(built_model()), "data": {"sources": [{"path": str(path), "count": 8}], "image_folder": str(images)},
+              "train": {"max_steps": 2, "batch_size": 2, "save_every": 0}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--method",
+                 "attn-qv", "train.lr=0.01", "data.max_length=512"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method"]["name"] == "attn-qv" and saved["train"]["lr"] == 0.01 and saved["data"]["max_length"] == 512
+
+
+def test_cli_pretrain_defaults_to_connector(built_model, data, tmp_path):
+    path, images = data
+    assert main(["train", "--model", str(built_model()), "--out", str(tmp_path / "run"), "--stage", "pretrain",
+                 "--data", f"{path}:8", "--image-folder", str(images), "--max-steps", "1", "--batch-size", "2"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["method"]["name"] == "connector"
+    code = main(["train", "--model", str(built_model()), "--out", str(tmp_path / "run2"), "--stage", "pretrain",
+                 "--method", "layernorm", "--data", str(path), "--image-folder", str(images)])
+    assert code == 1
+
+
+def _cli_train(model_dir, data, out, *extra):
+    path, images = data
+    return [sys.executable, "-m", "lntune", "train", "--model", str(model_dir), "--out", str(out),
+            "--data", str(path), "--image-folder", str(images), "--seed", "5", *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_reaches_the_same_weights(built_model, data, tmp_path):
+    model_dir = built_model()
+    args = ["--max-steps", "60", "--batch-size", "2", "--save-every", "5", "--method", "lora", "--lr", "0.01",
+            "--lora-dropout", "0.1"]  # dropout: the RNG state must be restored too
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "straight", *args), check=True, env=env, capture_output=True, timeout=600)
+
+    killed = subprocess.Popen(_cli_train(model_dir, data, tmp_path / "killed", *args), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and killed.poll() is None:
+        if any(p.name >= "step-00000010" and not p.name.startswith(".") for p in checkpoints.glob("step-*")):
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert killed.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "adapter").exists()
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "killed", *args, "--resume"), check=True, env=env,
+                   capture_output=True, timeout=600)
+
+    for name in ("adapter_model.safetensors", "trainable.safetensors"):
+        straight = load_file(str(tmp_path / "straight" / "adapter" / name))
+        resumed = load_file(str(tmp_path / "killed" / "adapter" / name))
+        assert straight.keys() == resumed.keys()
+        assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(built_model, data, tmp_path):
+    model_dir = built_model()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0"]
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2"),
+                   check=True, env=env, capture_output=True, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    result = subprocess.run(torchrun + _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "2")[1:],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
+    two = load_file(str(tmp_path / "two" / "adapter" / "trainable.safetensors"))
+    assert one.keys() == two.keys()
+    base = dict(load_model(model_dir).named_parameters())
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6)
+    assert any(not torch.equal(one[name], base[name]) for name in one)
