@@ -50,31 +50,31 @@ def fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _unique_trainable(model) -> dict[str, torch.Tensor]:
-    """Trainable tensors by name, each shared tensor once (tied embeddings / head)."""
-    from lntune.methods.lora import lora_parameters
-    from lntune.model.parts import unwrap
-
-    lora_ids = {id(p) for p in lora_parameters(model)}
-    tensors, seen = {}, set()
-    for name, parameter in unwrap(model).named_parameters():
-        if parameter.requires_grad and id(parameter) not in lora_ids and id(parameter) not in seen:
-            seen.add(id(parameter))
-            tensors[name] = parameter.detach().to("cpu").contiguous()
-    return tensors
+PEFT_PREFIX = "base_model.model."
 
 
-def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str, base_fingerprint: str | None = None) -> Path:
+def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
+                 base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter."""
     from safetensors.torch import save_file
+
+    from lntune.train.distributed import gather_trainable
 
     out = Path(out)
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    tensors = _unique_trainable(model)
+    from lntune.methods.lora import lora_parameters
+
+    tensors = tensors if tensors is not None else gather_trainable(model)
+    lora_ids = {id(parameter) for parameter in lora_parameters(model)}
+    lora_names = {name for name, parameter in model.named_parameters() if id(parameter) in lora_ids}
     is_lora = hasattr(model, "peft_config")
     if is_lora:
-        model.save_pretrained(str(staging))  # PEFT: adapter_config.json + adapter_model.safetensors
+        # PEFT's own files (adapter_config.json + adapter_model.safetensors) from the LoRA tensors.
+        model.save_pretrained(str(staging), state_dict={k: v for k, v in tensors.items() if k in lora_names})
+    # The rest by their names in the plain Llava model (named_parameters lists a tied tensor once).
+    tensors = {name.removeprefix(PEFT_PREFIX): t for name, t in tensors.items() if name not in lora_names}
     save_file(tensors, str(staging / TENSORS), metadata={"format": "pt"})
     manifest = {
         "format": "lntune-adapter",

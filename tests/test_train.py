@@ -152,6 +152,13 @@ def test_cli_yaml_config_and_overrides(built_model, data, tmp_path):
     assert saved["method"]["name"] == "attn-qv" and saved["train"]["lr"] == 0.01 and saved["data"]["max_length"] == 512
 
 
+def test_fsdp2_refuses_text_only_samples(built_model, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the guard runs before any process group is created
+    config = run_config(built_model(), tmp_path / "run", data, distributed="fsdp2")
+    with pytest.raises(LntuneError, match="text-only"):
+        train(config, say=lambda m: None)
+
+
 def test_cli_pretrain_defaults_to_connector(built_model, data, tmp_path):
     path, images = data
     assert main(["train", "--model", str(built_model()), "--out", str(tmp_path / "run"), "--stage", "pretrain",
@@ -217,3 +224,37 @@ def test_two_processes_match_one(built_model, data, tmp_path):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6)
     assert any(not torch.equal(one[name], base[name]) for name in one)
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
+    import shutil
+
+    model_dir = built_model()
+    data = write_llava_data(tmp_path / "data", count=16)  # images only: see the fsdp2 guard in the trainer
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
+                              "--save-every", "0"), check=True, env=env, capture_output=True, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518"]
+    sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "2", "--save-every", "2",
+                              "train.distributed=fsdp2")[1:]
+    result = subprocess.run(torchrun + sharded_args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
+    sharded = load_file(str(tmp_path / "fsdp" / "adapter" / "trainable.safetensors"))
+    assert one.keys() == sharded.keys()
+    for name in one:
+        torch.testing.assert_close(sharded[name], one[name], rtol=0, atol=2e-6)
+
+    # A crash after the step-2 checkpoint: keep only what existed then, and resume with 2 processes.
+    crashed = tmp_path / "crashed"
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "fsdp" / "config.yaml", crashed / "config.yaml")
+    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step-00000002", crashed / "checkpoints" / "step-00000002")
+    resume_args = [a if a != str(tmp_path / "fsdp") else str(crashed) for a in sharded_args] + ["--resume"]
+    result = subprocess.run(torchrun + resume_args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
+    for name in sharded:
+        torch.testing.assert_close(resumed[name], sharded[name], rtol=0, atol=1e-7)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lntune.train.distributed import gather_trainable, load_optimizer_state, load_trainable, optimizer_state
+
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
@@ -43,11 +45,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu").clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+                    sharded: bool = False) -> Path:
+    """Collective: every process calls it. `model` is the unwrapped (but possibly sharded) model."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
@@ -58,11 +58,12 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
+    gathered = sharded or accelerator.is_main_process  # under FSDP2 every process joins the gathers
+    tensors = gather_trainable(model) if gathered else None
+    optimizer_state_dict = optimizer_state(model, optimizer, sharded) if gathered else None
     if accelerator.is_main_process:
-        tensors = trainable_state(accelerator.unwrap_model(model))
-        # Tied tensors appear under two names; safetensors refuses shared storage, so clone each.
-        save_file({name: tensor.clone() for name, tensor in tensors.items()}, str(staging / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        save_file(tensors, str(staging / "trainable.safetensors"))
+        torch.save(optimizer_state_dict, staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         (staging / "state.json").write_text(json.dumps(dict(state, step=step, world_size=accelerator.num_processes), indent=2))
     accelerator.wait_for_everyone()
@@ -74,7 +75,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
     return final
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False) -> dict:
     from safetensors.torch import load_file
 
     from lntune.errors import LntuneError
@@ -85,12 +86,8 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
             f"{path} was written by {state['world_size']} processes; resume with the same number "
             f"(got {accelerator.num_processes}) so that every step sees the same data"
         )
-    tensors = load_file(str(path / "trainable.safetensors"))
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            parameters[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    load_trainable(model, load_file(str(path / "trainable.safetensors")))
+    load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False), sharded)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
     return state

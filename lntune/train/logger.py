@@ -10,7 +10,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 from lntune.model.parts import locate_parts
 
@@ -70,7 +69,9 @@ def norm_gradient_norms(model) -> dict:
         for norm in block.norms.values():
             for parameter in norm.parameters():
                 if parameter.grad is not None:
-                    squared += float(parameter.grad.detach().float().pow(2).sum())
+                    grad = parameter.grad.detach()
+                    grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad  # FSDP2 shard -> whole
+                    squared += float(grad.float().pow(2).sum())
                     found = True
         per_block.append(math.sqrt(squared) if found else None)
         total += squared

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from lntune.adapter import fingerprint, save_adapter, save_model_dir
+from lntune.adapter import fingerprint, merge_adapter, save_adapter
 from lntune.config import RunConfig, config_to_dict
 from lntune.data.dataset import SupervisedDataset, collate
 from lntune.data.mixture import build_mixture
@@ -30,6 +30,7 @@ from lntune.methods import apply_method
 from lntune.model.load import load_model, load_processor
 from lntune.model.parts import unwrap
 from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
 from lntune.train.sampler import StepBatchSampler
@@ -56,8 +57,8 @@ def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | N
         if not saved.is_file():
             raise LntuneError(f"--resume: {out} is not a run directory (no config.yaml)")
         previous = yaml.safe_load(saved.read_text())
-        if previous != wanted:
-            differing = sorted(_diff(previous, wanted))
+        differing = sorted(key for key in _diff(previous, wanted) if key != "out")  # a run dir may be moved
+        if differing:
             raise LntuneError(f"--resume: the configuration differs from {saved} at {', '.join(differing)}")
         found = checkpoint_dirs(out)
         return found[-1] if found else None
@@ -94,10 +95,19 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     train_config, data_config = config.train, config.data
     mixture = build_mixture(data_config, train_config.seed)
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    sharded = multi_process and train_config.distributed == "fsdp2"
+    precision = _precision(train_config.precision)
+    if sharded and mixture.text_only():
+        raise LntuneError(
+            f"distributed fsdp2 needs an image in every sample, but the data has {mixture.text_only()} text-only "
+            "samples: a process whose batch has no image skips the vision encoder and the shard collectives "
+            "fall out of step. Use train.distributed=ddp, or leave the text-only samples out."
+        )
     accelerator = Accelerator(
         # Accelerate only sets up multi-process CPU training (gloo) when told the run is on the CPU.
         cpu=multi_process and not torch.cuda.is_available(),
-        mixed_precision=_precision(train_config.precision),
+        # Under FSDP2 the shards' policy casts for compute; Accelerate's autocast stays off.
+        mixed_precision="no" if sharded else precision,
         # Text-only batches leave the connector without a gradient; DDP must be told to expect that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=mixture.text_only() > 0)],
     )
@@ -109,8 +119,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     set_seed(train_config.seed)
 
     processor = load_processor(config.model)
-    base_dtype = torch.bfloat16 if _precision(train_config.precision) == "bf16" else None
-    model = load_model(config.model, dtype="bfloat16" if base_dtype else "float32")
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model = load_model(config.model, dtype="bfloat16" if precision == "bf16" and not sharded else "float32")
     model = apply_method(model, config.method)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
@@ -120,17 +130,18 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         # inputs need none (layernorm-simple freezes the embeddings).
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    unwrap(model).model.vision_tower.eval()
+    if sharded:
+        model = shard_with_fsdp2(model, compute_dtype)
 
     dataset = SupervisedDataset(mixture, processor, model.config.image_seq_length, data_config, train_config.stage)
     world = accelerator.num_processes
     probe = StepBatchSampler(len(dataset), train_config.batch_size, train_config.grad_accum, world, 0, train_config.seed, 1)
     total_steps = train_config.max_steps or max(1, round(train_config.epochs * probe.steps_per_epoch))
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)  # after sharding: FSDP2 replaces the parameters with DTensors
     scheduler = make_scheduler(optimizer, train_config.scheduler, total_steps, train_config.warmup_ratio)
     start_step, counters = 0, {"skipped": 0, "truncated": 0}
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler)
+        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler, sharded)
         start_step, counters = state["step"], state["counters"]
         log(f"resuming from {resume_from} (step {start_step} of {total_steps})")
     if is_main:
@@ -147,15 +158,17 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         # or a resumed run (RNG restored, then a new iterator) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(train_config.seed),
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    plain_model = accelerator.unwrap_model(model)  # without the DDP wrapper (still sharded under FSDP2)
     model.train()
-    unwrap(accelerator.unwrap_model(model)).model.vision_tower.eval()
+    unwrap(plain_model).model.vision_tower.eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
     logger = MetricsLogger(run_dir, is_main)
     log(
-        f"training {config.method.name} ({sum(p.numel() for p in trainable):,} trainable parameters) on "
-        f"{len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} samples, "
-        f"lr {base_learning_rate(config):g}, {world} process(es), precision {accelerator.mixed_precision}"
+        f"training {config.method.name} ({sum(p.numel() for p in trainable) * (world if sharded else 1):,} trainable "
+        f"parameters) on {len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} samples, "
+        f"lr {base_learning_rate(config):g}, {world} process(es){' with FSDP2' if sharded else ''}, precision {precision}"
     )
 
     from tqdm.auto import tqdm
@@ -177,7 +190,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                 inputs = {key: value.to(accelerator.device) for key, value in batch.items()}
                 seen_tokens += int(inputs["attention_mask"].sum())
                 last = index == len(micro_batches) - 1
-                sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+                if sharded:
+                    sync = gradient_sync(model, enabled=last)
+                else:
+                    sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     logits = model(**inputs, use_cache=False).logits
                     loss_sum = _token_loss_sum(logits, labels)
@@ -186,10 +202,14 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                     loss = loss_sum * world / max(global_tokens, 1)
                 accelerator.backward(loss)
                 loss_total += float(loss_sum.detach())
-            gradient_record = norm_gradient_norms(accelerator.unwrap_model(model)) if train_config.grad_stats else {}
+            gradient_record = norm_gradient_norms(plain_model) if train_config.grad_stats else {}
             grad_norm = None
             if train_config.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(trainable, train_config.max_grad_norm))
+                if sharded:
+                    total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
+                    grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
+                else:
+                    grad_norm = float(accelerator.clip_grad_norm_(trainable, train_config.max_grad_norm))
             step_lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule advances)
             optimizer.step()
             scheduler.step()
@@ -211,24 +231,21 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             if gradient_record:
                 logger.log_gradients({"step": step, **gradient_record})
             if train_config.save_every and step % train_config.save_every == 0 and step < total_steps:
-                save_checkpoint(accelerator, run_dir, step, model, optimizer, scheduler,
-                                {"counters": counters}, train_config.keep_checkpoints)
+                save_checkpoint(accelerator, run_dir, step, plain_model, optimizer, scheduler,
+                                {"counters": counters}, train_config.keep_checkpoints, sharded)
     finally:
         progress.close()
         logger.close()
 
     accelerator.wait_for_everyone()
+    tensors = gather_trainable(plain_model) if sharded or is_main else None  # collective under FSDP2
     if is_main:
-        final = unwrap(accelerator.unwrap_model(model))
-        peft_or_model = accelerator.unwrap_model(model)
-        save_adapter(peft_or_model, run_dir / "adapter", config.model, config_to_dict(config.method),
-                     train_config.stage, base_print)
+        save_adapter(plain_model, run_dir / "adapter", config.model, config_to_dict(config.method),
+                     train_config.stage, base_print, tensors=tensors)
         save_merged = train_config.save_merged if train_config.save_merged is not None else train_config.stage == "pretrain"
         if save_merged:
-            merged = peft_or_model.merge_and_unload() if hasattr(peft_or_model, "merge_and_unload") else final
-            if base_dtype is not None:
-                merged = merged.to(base_dtype)
-            save_model_dir(merged, processor, run_dir / "model", config.model)
+            # From the adapter just written: the same path `lntune merge` takes, in the base model's dtype.
+            merge_adapter(config.model, run_dir / "adapter", run_dir / "model", say=lambda message: None)
         summary = {"steps": total_steps, "samples_seen": total_steps * sampler.global_batch, **counters,
                    "invalid_records_skipped": len(mixture.invalid())}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
