@@ -231,6 +231,135 @@ def _data_run(args) -> int:
     return 0 if report["ok"] else 1
 
 
+# ---- eval / score / report / chat ---------------------------------------------------------------
+
+def _eval_arguments(parser):
+    parser.add_argument("--model", required=True, help="a built or trained MLLM directory")
+    parser.add_argument("--adapter", help="a run's adapter/ directory (trained on --model)")
+    parser.add_argument("--bench", action="append", required=True, help="mme, vqav2, coco, flickr30k, pope (repeatable)")
+    parser.add_argument("--data", action="append", required=True, help="the benchmark's files (one per --bench, in order)")
+    parser.add_argument("--images", action="append", help="image folder (one per --bench, or one for all)")
+    parser.add_argument("--annotations", help="VQAv2 annotations file (default: found beside the questions file)")
+    parser.add_argument("--out", required=True, help="output directory (one subfolder per benchmark)")
+    parser.add_argument("--limit", type=int, help="a deterministic subset of N items, for quick checks")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prompt", help="prompt template; {question} is replaced by the question")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--mode", help="metric mode (see lntune score --help)")
+    parser.add_argument("--template", default="auto", help="chat template (as in training)")
+
+
+def _eval_run(args) -> int:
+    from pathlib import Path
+
+    from lntune.errors import LntuneError
+    from lntune.eval.report import report
+    from lntune.eval.runner import evaluate_benchmark, load_generator
+
+    if len(args.data) != len(args.bench):
+        raise LntuneError(f"give one --data per --bench ({len(args.bench)} benches, {len(args.data)} --data)")
+    images = args.images or [None]
+    if len(images) not in (1, len(args.bench)):
+        raise LntuneError("give one --images for all benches, or one per --bench")
+    images = images * len(args.bench) if len(images) == 1 else images
+    generator = load_generator(args.model, args.adapter, args.template)
+    out = Path(args.out)
+    for bench, data, image_folder in zip(args.bench, args.data, images):
+        evaluate_benchmark(
+            generator, bench, Path(data), image_folder, out / bench, limit=args.limit, batch_size=args.batch_size,
+            prompt=args.prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
+            extra_record={"model": str(args.model), "adapter": args.adapter},
+        )
+    table = report([out])
+    (out / "report.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _score_arguments(parser):
+    parser.add_argument("bench", help="mme, vqav2, coco, flickr30k, pope")
+    parser.add_argument("--predictions", help="an lntune predictions.jsonl (rescoring needs nothing else)")
+    parser.add_argument("--annotations", help="vqav2: v2_mscoco_<split>_annotations.json; coco/flickr30k: Karpathy file")
+    parser.add_argument("--questions", help="vqav2: the questions file (accepted for symmetry; not needed)")
+    parser.add_argument("--results", help="vqav2: [{question_id, answer}]; coco/flickr30k: [{image_id, caption}]")
+    parser.add_argument("--labels", help="pope: coco_pope_<split>.json")
+    parser.add_argument("--answers", help="pope: answers JSON Lines with question_id and text")
+    parser.add_argument("--results-dir", help="mme: the eval tool's <subtask>.txt files")
+    parser.add_argument("--mode", help="metric mode: vqav2 official|llava|lmms-eval; mme/pope official|lmms-eval")
+    parser.add_argument("--json", action="store_true")
+
+
+def _score_run(args) -> int:
+    from pathlib import Path
+
+    from lntune.errors import LntuneError
+    from lntune.eval import score
+    from lntune.eval.benchmarks import get_benchmark
+
+    mode = args.mode or get_benchmark(args.bench).default_mode
+    if args.predictions:
+        metrics = score.from_predictions(args.bench, Path(args.predictions), mode)
+    elif args.bench == "vqav2" and args.annotations and args.results:
+        metrics = score.vqav2(Path(args.annotations), Path(args.results), mode)
+    elif args.bench == "pope" and args.labels and args.answers:
+        metrics = score.pope(Path(args.labels), Path(args.answers), mode)
+    elif args.bench == "mme" and args.results_dir:
+        metrics = score.mme(Path(args.results_dir), mode)
+    elif args.bench in ("coco", "flickr30k") and args.annotations and args.results:
+        metrics = score.captions(Path(args.annotations), Path(args.results))
+    else:
+        raise LntuneError(
+            "say what to score: --predictions FILE, or vqav2 --annotations --results, pope --labels --answers, "
+            "mme --results-dir, coco|flickr30k --annotations --results"
+        )
+    print(json.dumps(metrics, indent=2) if args.json else _metrics_table(metrics))
+    return 0
+
+
+def _metrics_table(metrics: dict, prefix: str = "") -> str:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            lines.append(_metrics_table(value, f"{prefix}{key}."))
+        elif isinstance(value, float):
+            lines.append(f"{prefix}{key:<28} {value:.4f}")
+        elif not isinstance(value, list) or value:
+            lines.append(f"{prefix}{key:<28} {value}")
+    return "\n".join(line for line in lines if line)
+
+
+def _report_arguments(parser):
+    parser.add_argument("runs", nargs="+", help="eval output directories")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+
+
+def _report_run(args) -> int:
+    from pathlib import Path
+
+    from lntune.eval.report import report
+
+    table = report([Path(run) for run in args.runs])
+    if args.out:
+        Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
+def _chat_arguments(parser):
+    parser.add_argument("prompt", nargs="?", help="one question; without it, an interactive loop")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--adapter")
+    parser.add_argument("--image", help="an image file to talk about")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--template", default="auto")
+
+
+def _chat_run(args) -> int:
+    from lntune.eval.chat import chat
+
+    return chat(args)
+
+
 # ---- demo -----------------------------------------------------------------------------------------
 
 def _demo_arguments(parser):
@@ -249,6 +378,10 @@ COMMANDS = {
     "train": (_train_arguments, _train_run, "train a stage (pretrain / finetune) with a tuning method"),
     "merge": (_merge_arguments, _merge_run, "merge an adapter into its base model -> a full model directory"),
     "data": (_data_arguments, _data_run, "check LLaVA-format data before training (lntune data check SPEC...)"),
+    "eval": (_eval_arguments, _eval_run, "evaluate on MME, VQAv2, COCO, Flickr30k, POPE from their official files"),
+    "score": (_score_arguments, _score_run, "score existing predictions with the official metrics (no model)"),
+    "report": (_report_arguments, _report_run, "one markdown table across evaluated runs"),
+    "chat": (_chat_arguments, _chat_run, "ask a model about an image (streams the answer)"),
     "demo": (_demo_arguments, _demo_run, "run the built-in tiny end-to-end demo on CPU"),
 }
 

@@ -1,0 +1,82 @@
+"""COCO and Flickr30k captioning on Karpathy's test split (also BLIP's and COCO-format caption files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lntune.errors import LntuneError
+from lntune.eval.benchmarks.base import EvalItem, find_image, read_json
+from lntune.eval.metrics import captions as metric
+
+
+def read_references(path: Path, split: str = "test") -> dict[str, dict]:
+    """image id -> {"image": relative path candidates, "references": [captions]} for any accepted layout."""
+    data = read_json(path, "caption annotations")
+    entries = {}
+    if isinstance(data, dict) and "images" in data and "annotations" not in data:
+        # Karpathy: dataset_coco.json / dataset_flickr30k.json
+        for number, image in enumerate(data["images"]):
+            if image.get("split") != split:
+                continue
+            if "filename" not in image or "sentences" not in image:
+                raise LntuneError(f"{path}: images[{number}] lacks filename or sentences (not a Karpathy file?)")
+            image_id = str(image.get("cocoid", image.get("imgid", image["filename"])))
+            relative = [f"{image['filepath']}/{image['filename']}"] if image.get("filepath") else []
+            entries[image_id] = {"image": relative + [image["filename"]],
+                                 "references": [sentence["raw"] for sentence in image["sentences"]]}
+    elif isinstance(data, dict) and "annotations" in data:
+        # COCO format: captions_<split>.json
+        names = {image["id"]: image["file_name"] for image in data.get("images", [])}
+        for number, annotation in enumerate(data["annotations"]):
+            if "image_id" not in annotation or "caption" not in annotation:
+                raise LntuneError(f"{path}: annotations[{number}] lacks image_id or caption")
+            image_id = str(annotation["image_id"])
+            name = names.get(annotation["image_id"], f"{annotation['image_id']}.jpg")
+            entry = entries.setdefault(image_id, {"image": [name], "references": []})
+            entry["references"].append(annotation["caption"])
+    elif isinstance(data, list):
+        # BLIP: coco_karpathy_test.json = [{"image": "val2014/...jpg", "caption": [..]}]
+        for number, record in enumerate(data):
+            if "image" not in record or "caption" not in record:
+                raise LntuneError(f"{path}: item {number} lacks image or caption (not a BLIP caption file?)")
+            captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+            entries[Path(record["image"]).stem] = {"image": [record["image"], Path(record["image"]).name],
+                                                   "references": captions}
+    else:
+        raise LntuneError(f"{path}: not a Karpathy, BLIP or COCO-format caption file")
+    if not entries:
+        raise LntuneError(f"{path}: no images in split {split!r}")
+    return entries
+
+
+class Captions:
+    default_prompt = "Provide a one-sentence caption for the provided image."
+    max_new_tokens = 48
+    modes = ("official",)
+    default_mode = "official"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def load(self, data: Path, images: Path | None, prompt: str | None) -> list[EvalItem]:
+        items = []
+        for image_id, entry in read_references(data).items():
+            items.append(EvalItem(
+                id=image_id, image=find_image(images, entry["image"], f"{data}: image {image_id}"),
+                prompt=prompt or self.default_prompt, reference={"references": entry["references"]},
+            ))
+        return items
+
+    def score(self, items: list[EvalItem], predictions: dict[str, str], mode: str) -> dict:
+        answered = [item for item in items if item.id in predictions]
+        return metric.score_captions(
+            {item.id: item.reference["references"] for item in answered},
+            {item.id: predictions[item.id] for item in answered},
+        )
+
+    @staticmethod
+    def official_results(items: list[EvalItem], predictions: dict[str, str]) -> list[dict]:
+        def image_id(value: str):
+            return int(value) if value.isdigit() else value
+
+        return [{"image_id": image_id(item.id), "caption": predictions[item.id]} for item in items if item.id in predictions]

@@ -1,0 +1,1 @@
+"""Metrics as pure functions (no model), exactly the official rules of ../shared/EVAL_SPEC.md."""

@@ -1,0 +1,117 @@
+"""`lntune eval`: answer a benchmark's items with a model, writing predictions as they come, then score.
+
+predictions.jsonl gets one line per item as soon as its batch is answered (flushed), so an
+interrupted evaluation loses at most one batch and a rerun continues with the items not yet answered.
+Each line carries the item's reference, so `lntune score BENCH --predictions FILE` can rescore it
+(another mode, say) with no model and no benchmark files.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from lntune.errors import LntuneError
+from lntune.eval.benchmarks import get_benchmark
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Lines of a predictions file; a torn last line (killed mid-write) is dropped and rewritten."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise LntuneError(f"{path}:{number}: invalid JSON in the middle of the file; delete the file to restart")
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def select_subset(items, limit: int | None, group_of=None):
+    """A deterministic subset of whole groups (MME keeps both questions of an image), in the original order."""
+    if not limit or limit >= len(items):
+        return items
+    group_of = group_of or (lambda item: item.id)
+    groups = list(dict.fromkeys(group_of(item) for item in items))
+    chosen, count = set(), 0
+    for group in random.Random(0).sample(groups, len(groups)):
+        if count >= limit:
+            break
+        chosen.add(group)
+        count += sum(1 for item in items if group_of(item) == group)
+    return [item for item in items if group_of(item) in chosen]
+
+
+def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, out: Path, *, limit=None,
+                       batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None,
+                       extra_record=None, say=None) -> dict:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    options = {"annotations": annotations} if bench == "vqav2" and annotations else {}
+    benchmark = get_benchmark(bench, **options)
+    mode = mode or benchmark.default_mode
+    if mode not in benchmark.modes:
+        raise LntuneError(f"unknown {bench} mode {mode!r}; valid: {', '.join(benchmark.modes)}")
+    items = select_subset(benchmark.load(Path(data), Path(images) if images else None, prompt), limit,
+                          getattr(benchmark, "group_of", None))
+    max_new_tokens = max_new_tokens or benchmark.max_new_tokens
+    out.mkdir(parents=True, exist_ok=True)
+    predictions_path = out / PREDICTIONS
+    done = {record["id"]: record["prediction"] for record in read_predictions(predictions_path)}
+    todo = [item for item in items if item.id not in done]
+    if done:
+        say(f"{bench}: {len(done)} answers found in {predictions_path}, {len(todo)} to go")
+    started = time.perf_counter()
+    with predictions_path.open("a", encoding="utf-8") as handle, \
+            tqdm(total=len(items), initial=len(items) - len(todo), desc=bench, unit="item", dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            pictures = [Image.open(item.image).convert("RGB") if item.image else None for item in batch]
+            answers = generator.answer([item.prompt for item in batch], pictures, max_new_tokens)
+            for item, answer in zip(batch, answers):
+                done[item.id] = answer
+                handle.write(json.dumps({"id": item.id, "prompt": item.prompt, "prediction": answer,
+                                         "reference": item.reference}) + "\n")
+            handle.flush()
+            bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    metrics = benchmark.score(items, done, mode)
+    record = {
+        "benchmark": bench, "mode": mode, "items": len(items), "limit": limit,
+        "prompt": prompt or benchmark.default_prompt, "template": generator.template_name,
+        "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        "generation_seconds": seconds, "items_per_second": len(todo) / seconds if todo and seconds else None,
+        **(extra_record or {}), "metrics": metrics,
+    }
+    (out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
+    if hasattr(benchmark, "official_results"):
+        (out / "results.json").write_text(json.dumps(benchmark.official_results(items, done)) + "\n")
+    return record
+
+
+def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto"):
+    import torch
+
+    from lntune.adapter import load_adapter
+    from lntune.eval.generate import AnswerGenerator
+    from lntune.model.load import load_model, load_processor
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_dir, dtype=dtype)
+    if adapter:
+        model = load_adapter(model, adapter, model_dir)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+    return AnswerGenerator(model.to(device), load_processor(model_dir), template)
