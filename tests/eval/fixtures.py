@@ -22,8 +22,8 @@ def write_mme(root: Path, split_layout_subtasks=("OCR",), flat_subtasks=("existe
         for index in range(2):
             _image(release / subtask / f"{index:03d}.jpg", index + number)
             (release / subtask / f"{index:03d}.txt").write_text(
-                f"Is there a red object in the image? Please answer yes or no.\tYes\n"
-                f"Is there a blue object in the image?  Please answer yes or no.\tNo\n")
+                "Is there a red object in the image? Please answer yes or no.\tYes\n"
+                "Is there a blue object in the image?  Please answer yes or no.\tNo\n")
     for subtask in split_layout_subtasks:
         for index in range(2):
             _image(release / subtask / "images" / f"{index:03d}.png", index)

@@ -34,7 +34,7 @@ def test_eval_all_five_in_one_call(built_model, tmp_path, capsys):
         assert record["items"] == count and record["decoding"]["max_new_tokens"] == 4
         assert len(read_predictions(tmp_path / "out" / bench / "predictions.jsonl")) == count
     assert json.loads((tmp_path / "out" / "vqav2" / "results.json").read_text())[0]["question_id"] == 1000
-    assert (tmp_path / "out" / "report.md").read_text() == table
+    assert (tmp_path / "out" / "report.md").read_text().strip() == table.strip()
 
 
 def test_interrupted_eval_resumes_without_redoing(generator, tmp_path, monkeypatch):

@@ -37,8 +37,9 @@ def _check_mode(mode: str) -> str:
 def _label_from_prefix(text: str) -> str:
     """The rule both modes share: exact "yes"/"no", else what the first four characters contain.
 
-    The official code looks only at text[:4], and tests "yes" before "no": "yesno" -> yes,
-    "nope" -> no (its prefix contains "no"), "not sure" -> no, "i think yes" -> other.
+    The official code looks only at text[:4] (four characters cannot hold both words, so the order
+    of the two tests never matters): "yesno" -> yes ("yesn"), "nope" -> no, "know" -> no,
+    "not sure" -> no, "i think yes" -> other ("i th").
     """
     if text in ("yes", "no"):
         return text

@@ -6,7 +6,9 @@ llava/eval/eval_pope.py), quirks included; "lmms-eval" is lmms-eval's pope task.
 Metrics: accuracy = (tp + tn) / count, precision = tp / (tp + fp), recall = tp / (tp + fn),
 f1 = 2 * precision * recall / (precision + recall), yes_ratio = predictions parsed as yes / count.
 The official script crashes on a zero denominator; here such a metric is reported as 0.0 and a
-sentence saying why is added to "warnings".
+sentence saying why is added to "warnings". yes_ratio is the fraction of answers parsed as yes in
+both modes (lmms-eval's own pope_yes_ratio counts yes labels instead, which says nothing about the
+model; that is not reproduced).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def score_pope(labels: list[str], predictions: list[str], mode: str = "official"
     """
     _check_mode(mode)
     if len(labels) != len(predictions):
-        raise LntuneError(f"POPE: {len(labels)} labels but {len(predictions)} predictions; they must pair up one to one")
+        raise LntuneError(
+            f"POPE: {len(labels)} labels but {len(predictions)} predictions; they must pair up one to one")
     _check_labels(labels)
     for index, prediction in enumerate(predictions):
         if not isinstance(prediction, str):
@@ -100,7 +103,7 @@ def score_pope(labels: list[str], predictions: list[str], mode: str = "official"
     warnings: list[str] = []
     accuracy = _ratio(tp + tn, count, "accuracy", "no items", warnings)
     precision = _ratio(tp, tp + fp, "precision", "no answer was yes", warnings)
-    recall = _ratio(tp, tp + fn, "recall", "no yes label was answered yes or no", warnings)
+    recall = _ratio(tp, tp + fn, "recall", "no item labelled yes got a yes or no answer", warnings)
     f1 = _ratio(2 * precision * recall, precision + recall, "f1", "precision + recall = 0", warnings)
     yes_ratio = _ratio(parsed.count("yes"), count, "yes_ratio", "no items", warnings)
     return {
