@@ -20,15 +20,15 @@ from lntune.errors import LntuneError
 
 MANIFEST = "adapter.json"
 TENSORS = "trainable.safetensors"
-_SAMPLES_PER_FILE = 16
-_SAMPLE_BYTES = 1 << 16
+_SAMPLE_BYTES = 256
 
 
 def fingerprint(model_dir: str | Path) -> str:
     """A content fingerprint of a model directory's weights, cheap even for 70B.
 
-    Hashes config.json, every safetensors header (names, shapes, dtypes) and 16 evenly spaced 64 KiB
-    samples of each weight file: two checkpoints of one architecture with different weights differ.
+    Hashes config.json, every safetensors header (names, shapes, dtypes) and, for every tensor, 256
+    bytes at its start, middle and end. Sampling per tensor (not per file) is what tells a stage-1
+    model from its base: they differ only in the connector, a sliver of a 13 GB file.
     """
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
@@ -43,10 +43,16 @@ def fingerprint(model_dir: str | Path) -> str:
         digest.update(f"{path.name}:{size}".encode())
         with path.open("rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
-            digest.update(handle.read(header_size))
-            for sample in range(_SAMPLES_PER_FILE):
-                handle.seek(size * sample // _SAMPLES_PER_FILE)
-                digest.update(handle.read(_SAMPLE_BYTES))
+            header = handle.read(header_size)
+            digest.update(header)
+            data_start = 8 + header_size
+            for name, entry in sorted(json.loads(header).items()):
+                if name == "__metadata__":
+                    continue
+                start, end = entry["data_offsets"]
+                for offset in (start, (start + end) // 2, max(start, end - _SAMPLE_BYTES)):
+                    handle.seek(data_start + offset)
+                    digest.update(handle.read(min(_SAMPLE_BYTES, end - offset)))
     return digest.hexdigest()[:32]
 
 

@@ -95,11 +95,32 @@ def test_lora_adapter_peft_format_and_merge(built_model, data, tmp_path):
 
 
 def test_adapter_refused_on_another_base(built_model, data, tmp_path):
-    run = train(run_config(built_model(), tmp_path / "run", data), save_merged=None, say=lambda m: None) \
-        if False else train(run_config(built_model(), tmp_path / "run", data), say=lambda m: None)
+    run = train(run_config(built_model(), tmp_path / "run", data), say=lambda m: None)
     other = built_model(llm="llama", connector="linear")  # same LLM, other connector: another base
     with pytest.raises(LntuneError, match="trained on another base model"):
         load_adapter(load_model(other), run / "adapter", other)
+
+
+def test_fingerprint_sees_a_connector_change(built_model, tmp_path):
+    """A stage-1 model differs from its base only in the connector: the fingerprint must tell them apart."""
+    from lntune.adapter import fingerprint
+
+    model = load_model(built_model())
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.bias[0] += 1.0
+    model.save_pretrained(tmp_path / "changed")
+    assert fingerprint(tmp_path / "changed") != fingerprint(built_model())
+
+
+def test_worker_errors_stay_one_line(built_model, tmp_path):
+    path, images = write_llava_data(tmp_path / "d", count=8)
+    (images / "0003.png").write_bytes(b"broken")
+    config = run_config(built_model(), tmp_path / "run", (path, images), batch_size=8, grad_accum=1)
+    config = RunConfig(model=config.model, out=config.out, method=config.method, train=config.train,
+                       data=DataConfig(sources=config.data.sources, image_folder=str(images), num_workers=1))
+    with pytest.raises(LntuneError) as error:
+        train(config, say=lambda m: None)
+    assert "\n" not in str(error.value) and "cannot read image" in str(error.value) and "id s3" in str(error.value)
 
 
 def test_two_stages(built_model, data, tmp_path):

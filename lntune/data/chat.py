@@ -113,8 +113,6 @@ def render_with_spans(tokenizer, template: str, messages: list[dict], where: str
 class TokenizedSample:
     input_ids: list[int]
     labels: list[int]
-    image_positions: int
-    """How many <image> placeholders the text had (0 or 1), before expansion."""
 
 
 def _normalise(text: str) -> str:
@@ -155,5 +153,4 @@ def tokenize_conversation(
             )
     if all(label == IGNORE_INDEX for label in labels):
         raise LntuneError(f"{where}: no supervised tokens after tokenisation (empty assistant turns?)")
-    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-    return TokenizedSample(input_ids, labels, input_ids.count(image_token_id))
+    return TokenizedSample(input_ids, labels)

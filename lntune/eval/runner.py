@@ -25,7 +25,8 @@ def read_predictions(path: Path) -> list[dict]:
     """Lines of a predictions file; a torn last line (killed mid-write) is dropped and rewritten."""
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -33,8 +34,27 @@ def read_predictions(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if number != len(lines):
                 raise LntuneError(f"{path}:{number}: invalid JSON in the middle of the file; delete the file to restart")
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if text and not text.endswith("\n") or len(records) != len(lines):
+        # Killed mid-write: keep the complete records, newline-terminated, before anything is appended.
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict) or not {"id", "prediction", "reference"} <= set(record):
+            raise LntuneError(f"{path}:{number}: not an lntune predictions file (needs id, prediction, reference)")
     return records
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Answers in `out` may only be reused by a run with the same model, prompt and decoding."""
+    path = out / "settings.json"
+    if path.is_file() and (out / PREDICTIONS).is_file():
+        previous = json.loads(path.read_text())
+        differing = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+        if differing:
+            raise LntuneError(
+                f"{out} holds answers made with other settings ({', '.join(differing)}); "
+                "choose another --out, or delete it to start over"
+            )
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def select_subset(items, limit: int | None, group_of=None):
@@ -59,6 +79,14 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     from tqdm.auto import tqdm
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    if batch_size < 1:
+        raise LntuneError(f"--batch-size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise LntuneError(f"--limit must be >= 1, got {limit}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise LntuneError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if prompt is not None and bench not in ("coco", "flickr30k") and "{question}" not in prompt:
+        raise LntuneError(f"--prompt for {bench} must contain {{question}} (where the question goes)")
     options = {"annotations": annotations} if bench == "vqav2" and annotations else {}
     benchmark = get_benchmark(bench, **options)
     mode = mode or benchmark.default_mode
@@ -68,6 +96,9 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
                           getattr(benchmark, "group_of", None))
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens
     out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, {"benchmark": bench, "data": str(Path(data).resolve()), "limit": limit,
+                          "prompt": prompt or benchmark.default_prompt, "template": generator.template_name,
+                          "max_new_tokens": max_new_tokens, **(extra_record or {})})
     predictions_path = out / PREDICTIONS
     done = {record["id"]: record["prediction"] for record in read_predictions(predictions_path)}
     todo = [item for item in items if item.id not in done]

@@ -94,12 +94,3 @@ def load_optimizer_state(model, optimizer, state, sharded: bool) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
-
-
-def full_model_state(model, sharded: bool) -> dict[str, torch.Tensor] | None:
-    """Every tensor of the model, full, on the CPU (collective under FSDP2)."""
-    if not sharded:
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -64,6 +64,8 @@ def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | N
         return found[-1] if found else None
     if not is_main:
         return None  # the main process checks and creates the directory
+    if out.exists() and not out.is_dir():
+        raise LntuneError(f"--out {out} is a file; give a directory for the run")
     if out.exists() and any(out.iterdir()):
         raise LntuneError(f"run directory {out} already exists; pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,19 @@ def _diff(a, b, prefix=""):
             yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
     elif a != b:
         yield prefix.rstrip(".")
+
+
+def _next_batch(batches):
+    """The next batch; an LntuneError from a DataLoader worker comes back wrapped in the worker's
+    traceback, so keep only the original one-line message."""
+    try:
+        return next(batches)
+    except LntuneError as error:
+        message = str(error)
+        if "Original Traceback" in message:
+            message = message.strip().splitlines()[-1].removeprefix("lntune.errors.LntuneError: ")
+            raise LntuneError(message) from None
+        raise
 
 
 def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -97,6 +112,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     sharded = multi_process and train_config.distributed == "fsdp2"
     precision = _precision(train_config.precision)
+    if sharded and precision == "fp16":
+        raise LntuneError("fp16 with fsdp2 has no loss scaling here; use precision bf16 (or fp32) with fsdp2")
     if sharded and mixture.text_only():
         raise LntuneError(
             f"distributed fsdp2 needs an image in every sample, but the data has {mixture.text_only()} text-only "
@@ -179,7 +196,7 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     try:
         while step < total_steps:
             started = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(train_config.grad_accum)]
+            micro_batches = [_next_batch(batches) for _ in range(train_config.grad_accum)]
             local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
             global_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum"))
             loss_total, seen_tokens = 0.0, 0
@@ -202,14 +219,15 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                     loss = loss_sum * world / max(global_tokens, 1)
                 accelerator.backward(loss)
                 loss_total += float(loss_sum.detach())
+            if not sharded:
+                accelerator.unscale_gradients()  # fp16: statistics and clipping on the true gradients
             gradient_record = norm_gradient_norms(plain_model) if train_config.grad_stats else {}
             grad_norm = None
             if train_config.max_grad_norm > 0:
-                if sharded:
-                    total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
-                    grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
-                else:
-                    grad_norm = float(accelerator.clip_grad_norm_(trainable, train_config.max_grad_norm))
+                # Gradients are already unscaled and synchronised (DDP) or sharded DTensors (FSDP2, whose
+                # norm is a DTensor too), so torch's clipping applies directly.
+                total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
+                grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
             step_lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule advances)
             optimizer.step()
             scheduler.step()

@@ -54,11 +54,52 @@ def test_interrupted_eval_resumes_without_redoing(generator, tmp_path, monkeypat
 
 
 def test_batched_and_unbatched_answers_agree(generator):
+    import torch
+
     questions = ["What is this?", "Describe the colors in detail please.", "Is it red?", "Count them."]
     images = [make_image(0), make_image(1), None, make_image(2)]
     batched = generator.answer(questions, images, max_new_tokens=8)
     single = [generator.answer([q], [i], max_new_tokens=8)[0] for q, i in zip(questions, images)]
     assert batched == single
+    # A random model may answer everything alike, so also compare what each row sees: the next-token
+    # logits of every row in the left-padded batch equal those of the row alone (images in the right rows).
+    prompts = [generator.prompt(q, i is not None) for q, i in zip(questions, images)]
+    with torch.no_grad():
+        together = generator.model(**generator.inputs(prompts, images)).logits[:, -1]
+        alone = [generator.model(**generator.inputs([p], [i])).logits[0, -1] for p, i in zip(prompts, images)]
+    for row in range(len(prompts)):
+        torch.testing.assert_close(together[row], alone[row], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-4)  # different images / prompts do differ
+
+
+def test_resume_refuses_other_settings(generator, tmp_path):
+    from lntune.errors import LntuneError
+
+    folder, images = write_pope(tmp_path / "pope", count=2)
+    evaluate_benchmark(generator, "pope", folder, images, tmp_path / "out", max_new_tokens=2, say=lambda m: None)
+    with pytest.raises(LntuneError, match="other settings.*prompt"):
+        evaluate_benchmark(generator, "pope", folder, images, tmp_path / "out", max_new_tokens=2,
+                           prompt="Q: {question}", say=lambda m: None)
+
+
+def test_torn_last_line_without_newline_is_recovered(generator, tmp_path):
+    folder, images = write_pope(tmp_path / "pope", count=2)
+    out = tmp_path / "out"
+    evaluate_benchmark(generator, "pope", folder, images, out, max_new_tokens=2, say=lambda m: None)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    (out / "predictions.jsonl").write_text("\n".join(lines[:3]))  # killed before the newline of line 3
+    evaluate_benchmark(generator, "pope", folder, images, out, max_new_tokens=2, say=lambda m: None)
+    assert (out / "predictions.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize("option,message", [({"batch_size": 0}, "batch-size"), ({"limit": 0}, "limit"),
+                                            ({"prompt": "Q: {q}"}, "{question}")])
+def test_bad_eval_options(generator, tmp_path, option, message):
+    from lntune.errors import LntuneError
+
+    folder, images = write_pope(tmp_path / "pope", count=1)
+    with pytest.raises(LntuneError, match=message):
+        evaluate_benchmark(generator, "pope", folder, images, tmp_path / "out", say=lambda m: None, **option)
 
 
 def test_limit_keeps_mme_pairs(generator, tmp_path):

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import SHORT_ANSWER, EvalItem, read_json_lines
+from lntune.eval.benchmarks.base import SHORT_ANSWER, EvalItem, read_json_lines, require_keys
 from lntune.eval.metrics import mme as metric
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
@@ -69,7 +69,8 @@ class MME:
                 for question, answer in _read_pairs(text_file):
                     answers[(folder.name, text_file.stem, question.strip())] = answer
         items = []
-        for record in read_json_lines(data, "MME questions"):
+        for number, record in enumerate(read_json_lines(data, "MME questions"), start=1):
+            require_keys(record, ("question_id", "image", "text", "category"), f"{data}: line {number}")
             category, image_name = record["category"], Path(record["image"]).name
             question = record["text"].split("\n")[0]
             key = (category, Path(image_name).stem, question.strip())

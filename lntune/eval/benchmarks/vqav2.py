@@ -35,9 +35,17 @@ class VQAv2:
         if not isinstance(questions, dict) or "questions" not in questions:
             raise LntuneError(f"{data}: not a VQAv2 questions file (no 'questions' list)")
         annotation_file = self.annotations or annotations_path_for(data)
+        if annotation_file == data:
+            raise LntuneError(f"{data}: cannot tell where its annotations are; pass --annotations")
         annotations = read_json(annotation_file, "VQAv2 annotations (the v2_mscoco_<split>_annotations.json file)")
-        by_id = {a["question_id"]: a for a in annotations.get("annotations", [])}
-        split = questions.get("data_subtype") or data.name.split("_")[3]
+        if not isinstance(annotations, dict) or not isinstance(annotations.get("annotations"), list):
+            raise LntuneError(f"{annotation_file}: not a VQAv2 annotations file (no 'annotations' list)")
+        by_id = {a["question_id"]: a for a in annotations["annotations"]}
+        name_parts = data.name.split("_")
+        split = questions.get("data_subtype") or (name_parts[3] if len(name_parts) > 4 else None)
+        if split is None:
+            raise LntuneError(f"{data}: no data_subtype and not named v2_OpenEnded_mscoco_<split>_questions.json; "
+                              "cannot tell the image split")
         template = prompt or self.default_prompt
         items = []
         for number, question in enumerate(questions["questions"]):
