@@ -234,7 +234,7 @@ def test_two_processes_match_one(built_model, data, tmp_path):
     common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0"]
     subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2"),
                    check=True, env=env, capture_output=True, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(torchrun + _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "2")[1:],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -257,7 +257,7 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
     subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
                               "--save-every", "0"), check=True, env=env, capture_output=True, timeout=600)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "2", "--save-every", "2",
                               "train.distributed=fsdp2")[1:]
     result = subprocess.run(torchrun + sharded_args, env=env, capture_output=True, text=True, timeout=600)
