@@ -81,6 +81,9 @@ def write_training_data(root: Path, size: WorldSize, seed: int) -> dict[str, Pat
             [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))], "<image>\n")})
         for kind, make in SAMPLE_TYPES.items():
             pairs = _short(make(scene, rng), rng) if kind == "conversation" else make(scene, rng)
+            if kind == "conversation" and rng.random() < 0.3:
+                # Short captions in some conversations (as LLaVA-1.5's mix has COCO captions), so stage 2 keeps captioning.
+                pairs.append((rng.choice(CAPTION_PROMPTS), caption(scene, rng)))
             instructions.append({"id": f"{kind}-{index}", "image": name, "type": kind,
                                  "conversations": _turns(pairs, "<image>\n")})
     return {"captions": _write_json(root / "pretrain_captions.json", captions),

@@ -85,7 +85,7 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1500, batch_size: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if progress:
-            progress(step, float(loss))
+            progress(step, loss.item())
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -152,7 +152,7 @@ def pretrain_vision(out: Path, steps: int = 600, batch_size: int = 64, scenes: i
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if progress:
-            progress(step, float(loss))
+            progress(step, loss.item())
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return Path(out)

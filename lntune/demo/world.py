@@ -145,6 +145,17 @@ def short_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     asked_shape = qa[-1][0].split()[-1].rstrip("?")
     qa[-1] = (qa[-1][0], "yes" if any(t.shape == asked_shape for t in scene.things) else "no")
     qa.append(("What is the background color?", scene.background))
+    # Yes/no forms as MME and POPE ask them, true and false in equal measure.
+    thing = rng.choice(scene.things)
+    other_place = rng.choice([p for p in ("top left", "top right", "bottom left", "bottom right", "center") if p != thing.place])
+    qa.append((f"Is the {thing.name} at the {rng.choice([thing.place, other_place])}?", None))
+    qa[-1] = (qa[-1][0], "yes" if qa[-1][0].endswith(f"at the {thing.place}?") else "no")
+    n = len(scene.things)
+    asked = rng.choice([n, rng.choice([k for k in NUMBER_WORDS if k != n])])
+    qa.append((f"Are there {NUMBER_WORDS[asked]} objects in the image?" if asked > 1 else "Is there one object in the image?",
+               "yes" if asked == n else "no"))
+    name = rng.choice([thing.name, f"{rng.choice(tuple(COLORS))} {rng.choice(SHAPES)}"])
+    qa.append((f"Is there a {name} in the image?", "yes" if any(t.name == name for t in scene.things) else "no"))
     return qa
 
 
