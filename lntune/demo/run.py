@@ -61,7 +61,7 @@ def run_demo(out: str | Path, methods=("layernorm",), rebuild: bool = False, bud
     plot = plot_losses(curves, out / "loss_curves.png", "tiny world: training loss")
     (out / "report.md").write_text(
         "# lntune demo: the tiny world\n\n" + table + "\n\n"
-        "trainable and % are of the whole MLLM; peak MB is the training process's peak memory; s/step is the median "
+        "trainable and % are of the whole MLLM; peak MB is the largest resident memory of the process sampled at the run's steps (CPU; on a GPU the peak allocated); s/step is the median "
         "optimizer-step time. Scores: MME perception (4 subtasks present, max 800), VQAv2 accuracy (llava mode), "
         "CIDEr x100, POPE F1 x100 averaged over random / popular / adversarial.\n\n"
         f"![loss curves]({plot.name})\n"

@@ -43,9 +43,15 @@ def _precision(name: str) -> str:
 
 
 def _memory_mb() -> float:
+    """GPU: peak allocated since this run started. CPU: the process's resident memory now (sampled every step:
+    the process-lifetime peak would carry over from earlier runs in the same process, e.g. lntune compare)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: lifetime peak, KiB
 
 
 def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | None:
@@ -134,6 +140,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     accelerator.wait_for_everyone()
     run_dir = Path(config.out)
     set_seed(train_config.seed)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
 
     processor = load_processor(config.model)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
