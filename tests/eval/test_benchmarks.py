@@ -95,3 +95,30 @@ def test_unknown_benchmark_lists_valid_ones():
     with pytest.raises(LntuneError) as error:
         get_benchmark("gqa")
     assert all(name in str(error.value) for name in BENCHMARKS)
+
+
+def test_llava_pope_jsonl_takes_labels_from_the_official_files(tmp_path):
+    folder, images = write_pope(tmp_path, count=2)
+    lines = []
+    for split in ("random", "adversarial"):
+        for record in map(json.loads, (folder / f"coco_pope_{split}.json").read_text().splitlines()):
+            lines.append({k: v for k, v in record.items() if k != "label"} | {"category": split})
+    (folder / "llava_pope_test.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items = get_benchmark("pope").load(folder / "llava_pope_test.jsonl", images, None)
+    assert [(i.reference["split"], i.reference["label"]) for i in items] == [
+        ("random", "no"), ("random", "yes"), ("adversarial", "no"), ("adversarial", "yes")]
+    assert len({item.id for item in items}) == 4
+
+
+def test_llava_mme_jsonl_takes_answers_from_the_mme_folder(tmp_path):
+    release = write_mme(tmp_path, split_layout_subtasks=("OCR",), flat_subtasks=("color",))
+    lines = [
+        {"question_id": "color/000.jpg", "image": "color/000.jpg", "category": "color",
+         "text": "Is there a blue object in the image?\nAnswer the question using a single word or phrase."},
+        {"question_id": "OCR/001.png", "image": "OCR/001.png", "category": "OCR",
+         "text": "Is the word in the image 'dog'?\nAnswer the question using a single word or phrase."},
+    ]
+    (tmp_path / "llava_mme.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items = get_benchmark("mme").load(tmp_path / "llava_mme.jsonl", release, None)
+    assert [item.reference["answer"] for item in items] == ["No", "Yes"]
+    assert items[1].image == release / "OCR" / "images" / "001.png"

@@ -21,6 +21,23 @@ def split_files(data: Path) -> dict[str, Path]:
     return found
 
 
+def _with_labels(records: list[dict], path: Path) -> list[dict]:
+    """LLaVA's llava_pope_test.jsonl has no labels: take them from coco_pope_<category>.json beside it."""
+    labelled = []
+    cache: dict[str, dict] = {}
+    for number, record in enumerate(records, start=1):
+        require_keys(record, ("question_id", "category"), f"{path}: line {number}")
+        category = record["category"]
+        if category not in cache:
+            source = path.with_name(f"coco_pope_{category}.json")
+            cache[category] = {r["question_id"]: r["label"] for r in read_json_lines(source, f"POPE labels for {category}")}
+        label = cache[category].get(record["question_id"])
+        if label is None:
+            raise LntuneError(f"{path}: line {number}: question {record['question_id']} has no label in coco_pope_{category}.json")
+        labelled.append(dict(record, label=label))
+    return labelled
+
+
 class POPE:
     name = "pope"
     default_prompt = "{question}" + SHORT_ANSWER
@@ -32,13 +49,16 @@ class POPE:
         template = prompt or self.default_prompt
         items = []
         for split, path in split_files(data).items():
-            for number, record in enumerate(read_json_lines(path, f"POPE {split} file")):
+            records = read_json_lines(path, f"POPE {split} file")
+            if records and "label" not in records[0] and "category" in records[0]:
+                records = _with_labels(records, path)
+            for number, record in enumerate(records):
                 where = f"{path}: line {number + 1}"
                 require_keys(record, ("question_id", "image", "text", "label"), where)
                 if record["label"] not in ("yes", "no"):
                     raise LntuneError(f"{where}: label must be yes or no, got {record['label']!r}")
                 items.append(EvalItem(
-                    id=f"{split}/{record['question_id']}",
+                    id=f"{record.get('category', split)}/{record['question_id']}",
                     image=find_image(images, [record["image"], f"val2014/{record['image']}"], where),
                     prompt=template.format(question=record["text"]),
                     reference={"split": record.get("category", split), "label": record["label"]},
