@@ -176,14 +176,10 @@ def run_config_from_args(args):
     source = args.config or "command line"
     for key in ("model", "out"):
         if key not in data:
-            raise_missing(key)
+            from lntune.errors import LntuneError
+
+            raise LntuneError(f"--{key} is required (or set {key}: in the --config file)")
     return config_from_dict(RunConfig, data, source)
-
-
-def raise_missing(key):
-    from lntune.errors import LntuneError
-
-    raise LntuneError(f"--{key} is required (or set {key}: in the --config file)")
 
 
 def _train_run(args) -> int:
@@ -410,7 +406,12 @@ COMMANDS = {
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lntune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lntune",
+        description="Turn a text LLM into a multimodal LLM by tuning its LayerNorms (LLaVA-style), with full, LoRA "
+                    "and partial tuning beside it; evaluate on MME, VQAv2, COCO, Flickr30k and POPE.",
+        epilog="Start with `lntune demo`. Every command has --help.",
+    )
     parser.add_argument("--version", action="version", version=f"lntune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
