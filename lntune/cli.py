@@ -378,6 +378,38 @@ def _demo_run(args) -> int:
     return run_demo(args.out, methods, args.rebuild, args.budget)
 
 
+def _analyze_arguments(parser):
+    parser.add_argument("action", choices=["similarity", "gradients", "drift"])
+    parser.add_argument("runs", nargs="*", help="gradients / drift: run directories")
+    parser.add_argument("--run", action="append", help="similarity: a run directory (its model + adapter; repeatable)")
+    parser.add_argument("--model", action="append", help="similarity: a model directory (repeatable)")
+    parser.add_argument("--data", help="similarity: LLaVA-format samples, [TYPE=]PATH")
+    parser.add_argument("--image-folder")
+    parser.add_argument("--n", type=int, default=200, help="similarity: samples (a seeded draw)")
+    parser.add_argument("--tokens", default="all", choices=["all", "image", "text"], help="similarity: tokens to pool")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=int, default=50, help="gradients: sliding-window length in steps")
+    parser.add_argument("--out", default="analysis", help="output directory (JSON + PNG)")
+
+
+def _analyze_run(args) -> int:
+    from lntune.analysis.commands import ACTIONS
+    from lntune.errors import LntuneError
+
+    if args.action == "similarity" and not args.data:
+        raise LntuneError("similarity needs --data (the samples to run through the models)")
+    if args.action != "similarity" and not args.runs:
+        raise LntuneError(f"{args.action} needs run directories")
+    summary = ACTIONS[args.action](args)
+    for name, value in summary.items():
+        print(f"{name:<30} {value if not isinstance(value, float) else f'{value:.6g}'}"
+              if not isinstance(value, dict) else f"{name}: written")
+    print(f"written to {args.out}/")
+    return 0
+
+
 def _compare_arguments(parser):
     parser.add_argument("--config", default="configs/demo-compare.yaml", help="the studies to run (YAML)")
     parser.add_argument("--out", help="output directory (default: the config's `out`)")
@@ -400,6 +432,7 @@ COMMANDS = {
     "score": (_score_arguments, _score_run, "score existing predictions with the official metrics (no model)"),
     "report": (_report_arguments, _report_run, "one markdown table across evaluated runs"),
     "chat": (_chat_arguments, _chat_run, "ask a model about an image (streams the answer)"),
+    "analyze": (_analyze_arguments, _analyze_run, "layer similarity, gradient variance, norm drift (JSON + plots)"),
     "demo": (_demo_arguments, _demo_run, "the paper in miniature on the built-in tiny world (CPU, minutes)"),
     "compare": (_compare_arguments, _compare_run, "several methods / data types / ablations side by side, one report"),
 }

@@ -1,0 +1,1 @@
+"""The paper's analyses: layer representation similarity, gradient variance, norm drift."""
