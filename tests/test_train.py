@@ -190,6 +190,19 @@ def test_cli_pretrain_defaults_to_connector(built_model, data, tmp_path):
     assert code == 1
 
 
+def _torchrun(args, env, timeout=240):
+    """Run torchrun in its own session and kill the whole group on timeout (no orphaned workers)."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"torchrun did not finish in {timeout}s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 def _cli_train(model_dir, data, out, *extra):
     path, images = data
     return [sys.executable, "-m", "lntune", "train", "--model", str(model_dir), "--out", str(out),
@@ -235,8 +248,7 @@ def test_two_processes_match_one(built_model, data, tmp_path):
     subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2"),
                    check=True, env=env, capture_output=True, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(torchrun + _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "2")[1:],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = _torchrun(torchrun + _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "2")[1:], env)
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
     two = load_file(str(tmp_path / "two" / "adapter" / "trainable.safetensors"))
@@ -260,7 +272,7 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "2", "--save-every", "2",
                               "train.distributed=fsdp2")[1:]
-    result = subprocess.run(torchrun + sharded_args, env=env, capture_output=True, text=True, timeout=600)
+    result = _torchrun(torchrun + sharded_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
     sharded = load_file(str(tmp_path / "fsdp" / "adapter" / "trainable.safetensors"))
@@ -274,7 +286,7 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     shutil.copy(tmp_path / "fsdp" / "config.yaml", crashed / "config.yaml")
     shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step-00000002", crashed / "checkpoints" / "step-00000002")
     resume_args = [a if a != str(tmp_path / "fsdp") else str(crashed) for a in sharded_args] + ["--resume"]
-    result = subprocess.run(torchrun + resume_args, env=env, capture_output=True, text=True, timeout=600)
+    result = _torchrun(torchrun + resume_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
     for name in sharded:

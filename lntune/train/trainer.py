@@ -10,6 +10,7 @@ DDP and mixed precision.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -277,6 +278,12 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(f"done: {run_dir} (adapter/{' and model/' if save_merged else ''}); "
             f"{counters['skipped']} samples skipped, {counters['truncated']} truncated")
+    accelerator.wait_for_everyone()
+    # Release the DDP wrapper (and Accelerate's references to it) while every process is still alive: left for
+    # interpreter teardown, its gloo resources could wait on a peer that has already exited (seen: a rare hang).
+    accelerator.free_memory()
+    del model, plain_model, optimizer, trainable, batches, loader
+    gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     # Accelerate keeps its settings in a process-wide singleton; clear them so that a later train()
