@@ -20,6 +20,14 @@ def _plt():
     return plt
 
 
+def _write(figure, out: Path, stem: str, results: dict) -> None:
+    """Save the figure as <stem>.png and the numbers as <stem>.json."""
+    figure.tight_layout()
+    figure.savefig(out / f"{stem}.png", dpi=110)
+    _plt().close(figure)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def _run_model(run: Path) -> tuple[str, str | None]:
     """(base model, adapter) of a training run directory."""
     config_file = run / "config.yaml"
@@ -73,10 +81,7 @@ def similarity(args) -> dict:
         axis.set_xticks(range(len(result["matrix"])))
         axis.set_yticks(range(len(result["matrix"])))
         figure.colorbar(image, ax=axis, fraction=0.046, label="cosine similarity")
-    figure.tight_layout()
-    figure.savefig(out / "similarity.png", dpi=110)
-    plt.close(figure)
-    (out / "similarity.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write(figure, out, "similarity", results)
     return {name: result["mean_off_diagonal"] for name, result in results.items()}
 
 
@@ -97,10 +102,7 @@ def gradients(args) -> dict:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "gradients.png", dpi=110)
-    plt.close(figure)
-    (out / "gradients.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write(figure, out, "gradients", results)
     return {name: result["variance"] for name, result in results.items()}
 
 
@@ -124,10 +126,7 @@ def drift(args) -> dict:
         axis.set(xlabel="decoder block", ylabel="relative L2 change", title=kind)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "drift.png", dpi=110)
-    plt.close(figure)
-    (out / "drift.json").write_text(json.dumps(results, indent=2) + "\n")
+    _write(figure, out, "drift", results)
     return results
 
 
