@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from lntune.config import BuildConfig, DataConfig, DataSource, MethodConfig, RunConfig, TrainConfig, apply_overrides
 from lntune.config import config_from_dict, config_to_dict
 
@@ -128,7 +130,7 @@ def image_blind_prior(paths: dict) -> dict:
 def run_summary(run: Path) -> dict:
     """Trainable parameters, peak memory and median step time of a training run, from its files."""
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    config = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
+    config = yaml.safe_load((run / "config.yaml").read_text())
     from lntune.methods import apply_method
     from lntune.model.load import load_llava_config, meta_model
     from lntune.params import count_parameters
