@@ -57,3 +57,14 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_bad_override():
     with pytest.raises(LntuneError, match="key.sub=value"):
         apply_overrides({}, ["lora_rank"])
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    # PyYAML reads `1e-3` (no dot) as a string; users write learning rates that way in files and overrides.
+    path = tmp_path / "method.yaml"
+    path.write_text("lora_alpha: 1e2\n")
+    data = apply_overrides(load_yaml(path), ["lora_dropout=5e-2"])
+    config = config_from_dict(MethodConfig, data, str(path))
+    assert config.lora_alpha == 100.0 and config.lora_dropout == 0.05
+    with pytest.raises(LntuneError, match="lora_alpha must be float"):
+        config_from_dict(MethodConfig, {"lora_alpha": "high"}, "cli")

@@ -1,4 +1,8 @@
-"""`lntune analyze similarity | gradients | drift`: files in (runs, models, data), JSON + PNG out."""
+"""`lntune analyze similarity | gradients | drift`: files in (runs, models, data), JSON + PNG out.
+
+Each analysis is a function of named inputs ({label: run or model}) and an output folder, so the CLI
+and `lntune compare` (which labels runs by their study names) share one implementation.
+"""
 
 from __future__ import annotations
 
@@ -20,23 +24,28 @@ def _plt():
     return plt
 
 
-def _write(figure, out: Path, stem: str, results: dict) -> None:
-    """Save the figure as <stem>.png and the numbers as <stem>.json."""
+def _write(figure, out: Path, stem: str, results: dict) -> Path:
+    """Save the figure as <stem>.png and the numbers as <stem>.json; returns the PNG."""
+    out.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(out / f"{stem}.png", dpi=110)
     _plt().close(figure)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    return out / f"{stem}.png"
 
 
-def _run_model(run: Path) -> tuple[str, str | None]:
+def run_model(run: Path) -> tuple[str, str]:
     """(base model, adapter) of a training run directory."""
-    config_file = run / "config.yaml"
+    config_file = Path(run) / "config.yaml"
     if not config_file.is_file():
         raise LntuneError(f"{run} is not a run directory (no config.yaml)")
-    return yaml.safe_load(config_file.read_text())["model"], str(run / "adapter")
+    return yaml.safe_load(config_file.read_text())["model"], str(Path(run) / "adapter")
 
 
-def similarity(args) -> dict:
+def similarity_analysis(targets: dict[str, tuple[str, str | None]], data: str, image_folder: str | None, out: Path,
+                        n: int = 200, tokens: str = "all", batch_size: int = 8, max_length: int = 2048,
+                        seed: int = 0) -> dict:
+    """targets: {label: (model dir, adapter dir or None)}. Writes similarity.json / .png; returns the results."""
     import torch
 
     from lntune.adapter import load_adapter
@@ -46,35 +55,32 @@ def similarity(args) -> dict:
     from lntune.data.mixture import build_mixture, parse_data_spec
     from lntune.model.load import load_llava_config, load_model, load_processor
 
-    targets = [(Path(run).name, *_run_model(Path(run))) for run in args.run or []]
-    targets += [(Path(model).name, model, None) for model in args.model or []]
-    if not targets:
-        raise LntuneError("give --run RUN_DIR or --model DIR (repeatable)")
-    source = parse_data_spec(args.data)
-    data = DataConfig(sources=(DataSource(source.path, source.type, args.n),), image_folder=args.image_folder,
-                      max_length=args.max_length)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    source = parse_data_spec(data)
+    data_config = DataConfig(sources=(DataSource(source.path, source.type, n),), image_folder=image_folder,
+                             max_length=max_length)
     results = {}
-    for name, model_dir, adapter in targets:
+    for name, (model_dir, adapter) in targets.items():
         config = load_llava_config(model_dir)
         model = load_model(model_dir)
         if adapter:
             model = load_adapter(model, adapter, model_dir)
             model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         processor = load_processor(model_dir)
-        dataset = SupervisedDataset(build_mixture(data, seed=args.seed), processor, config.image_seq_length, data, "finetune")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+        dataset = SupervisedDataset(build_mixture(data_config, seed=seed), processor, config.image_seq_length,
+                                    data_config, "finetune")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
                                              collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id))
         batches = ({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}
                    for batch in loader)
-        matrix = layer_similarity(model, batches, config.image_token_id, args.tokens)
-        results[name] = {"model": model_dir, "adapter": adapter, "tokens": args.tokens, "samples": len(dataset),
+        matrix = layer_similarity(model, batches, config.image_token_id, tokens)
+        results[name] = {"model": model_dir, "adapter": adapter, "tokens": tokens, "samples": len(dataset),
                          "mean_off_diagonal": off_diagonal_mean(matrix), "matrix": matrix.tolist()}
+        del model
     plt = _plt()
     figure, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    low = min(min(row) for result in results.values() for row in result["matrix"])  # one colour scale for all
     for axis, (name, result) in zip(axes[0], results.items()):
-        image = axis.imshow(result["matrix"], vmin=min(min(row) for row in result["matrix"]), vmax=1.0, cmap="viridis")
+        image = axis.imshow(result["matrix"], vmin=low, vmax=1.0, cmap="viridis")
         axis.set_title(f"{name}\nmean off-diagonal {result['mean_off_diagonal']:.3f}")
         axis.set_xlabel("decoder layer")
         axis.set_ylabel("decoder layer")
@@ -82,40 +88,39 @@ def similarity(args) -> dict:
         axis.set_yticks(range(len(result["matrix"])))
         figure.colorbar(image, ax=axis, fraction=0.046, label="cosine similarity")
     _write(figure, out, "similarity", results)
-    return {name: result["mean_off_diagonal"] for name, result in results.items()}
+    return results
 
 
-def gradients(args) -> dict:
+def gradient_analysis(runs: dict[str, Path], out: Path, window: int = 50) -> dict:
+    """runs: {label: run dir}. Writes gradients.json / .png; returns the per-run statistics."""
     from lntune.analysis.gradients import gradient_variance, read_gradient_log
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {Path(run).name: gradient_variance(read_gradient_log(Path(run)), args.window) for run in args.runs}
+    results = {name: gradient_variance(read_gradient_log(Path(run)), window) for name, run in runs.items()}
     plt = _plt()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, result in results.items():
         left.plot(result["sliding_steps"], result["sliding_variance"], label=name)
         right.plot(range(len(result["per_block_variance"])), result["per_block_variance"], marker="o", label=name)
-    left.set(xlabel="optimizer step", ylabel=f"variance of the norm-gradient norm (window {args.window})",
+    window = max(result["window"] for result in results.values())
+    left.set(xlabel="optimizer step", ylabel=f"variance of the norm-gradient norm (window {window})",
              title="gradient variance over training", yscale="log")
     right.set(xlabel="decoder block", ylabel="variance over the run", title="per block", yscale="log")
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
     _write(figure, out, "gradients", results)
-    return {name: result["variance"] for name, result in results.items()}
+    return results
 
 
-def drift(args) -> dict:
+def drift_analysis(runs: dict[str, Path], out: Path) -> dict:
+    """runs: {label: run dir}. Writes drift.json / .png; returns {label: {norm kind: [per block]}}."""
     from lntune.analysis.drift import adapter_tensors, norm_drift
     from lntune.model.load import load_model
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for run in args.runs:
-        model_dir, adapter = _run_model(Path(run))
-        results[Path(run).name] = norm_drift(load_model(model_dir), adapter_tensors(Path(adapter)))
+    for name, run in runs.items():
+        model_dir, adapter = run_model(Path(run))
+        results[name] = norm_drift(load_model(model_dir), adapter_tensors(Path(adapter)))
     plt = _plt()
     kinds = sorted({kind for result in results.values() for kind in result})
     figure, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
@@ -128,6 +133,31 @@ def drift(args) -> dict:
         axis.legend()
     _write(figure, out, "drift", results)
     return results
+
+
+# ---- the CLI's view: run directories labelled by their folder names --------------------------------
+
+def _labelled(paths) -> dict[str, Path]:
+    return {Path(path).name: Path(path) for path in paths}
+
+
+def similarity(args) -> dict:
+    targets = {Path(run).name: run_model(Path(run)) for run in args.run or []}
+    targets.update({Path(model).name: (model, None) for model in args.model or []})
+    if not targets:
+        raise LntuneError("give --run RUN_DIR or --model DIR (repeatable)")
+    results = similarity_analysis(targets, args.data, args.image_folder, Path(args.out), n=args.n, tokens=args.tokens,
+                                  batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    return {name: result["mean_off_diagonal"] for name, result in results.items()}
+
+
+def gradients(args) -> dict:
+    results = gradient_analysis(_labelled(args.runs), Path(args.out), args.window)
+    return {name: result["variance"] for name, result in results.items()}
+
+
+def drift(args) -> dict:
+    return drift_analysis(_labelled(args.runs), Path(args.out))
 
 
 ACTIONS = {"similarity": similarity, "gradients": gradients, "drift": drift}

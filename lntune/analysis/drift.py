@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 
+@torch.no_grad()
 def norm_drift(base_model, trained_tensors: dict[str, torch.Tensor]) -> dict[str, list[float | None]]:
     """{norm kind: [relative L2 change per block]} (None where the run did not train that norm)."""
     from lntune.model.parts import locate_parts

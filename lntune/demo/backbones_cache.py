@@ -16,12 +16,12 @@ from pathlib import Path
 
 from lntune.demo.files import WorldSize, write_world
 
-CACHE_VERSION = "tiny-world-v3"
+CACHE_VERSION = "tiny-world-v4"
 
 
 @dataclass(frozen=True)
 class BackboneBudget:
-    llm_steps: int = 400
+    llm_steps: int = 1000
     vision_steps: int = 300
 
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from lntune.config import load_yaml
+from lntune.analysis.report import AnalysisSettings, analysis_section
+from lntune.config import config_from_dict, load_yaml
 from lntune.demo.pipeline import (BENCHES, DemoBudget, build_model, evaluate, image_blind_prior, run_summary,
                                   score_cells, stage1, stage2)
 from lntune.demo.report import plot_losses, results_table
 from lntune.errors import LntuneError
 
 TOP_KEYS = {"world", "world_size", "backbones", "seed", "out", "budget", "studies", "model", "stage1_model", "paths",
-            "benches"}
+            "benches", "analysis"}
+STUDY_KEYS = {"title", "baselines", "runs", "analysis"}
 
 
 def _say(message: str) -> None:
@@ -34,6 +35,17 @@ def _substitute(text: str, paths: dict) -> str:
     return text
 
 
+def _resolve(template: str | None, paths: dict, config_path, key: str) -> str | None:
+    """A path with {name} placeholders filled from the world's / config's paths; checked before any training."""
+    if not template:
+        return None
+    resolved = _substitute(template, paths)
+    if "{" in resolved:
+        raise LntuneError(f"{config_path}: {key} {template!r} names a path that is not defined; "
+                          f"defined: {', '.join(sorted(paths)) or 'none'} (or give a file, or null to skip)")
+    return resolved
+
+
 def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool = False) -> int:
     config = load_yaml(config_path)
     unknown = sorted(set(config) - TOP_KEYS)
@@ -43,7 +55,13 @@ def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool =
         raise LntuneError(f"{config_path}: no studies")
     started = time.monotonic()
     out = Path(out or config.get("out", "compare-out"))
-    budget = replace(DemoBudget(), **config.get("budget", {}))
+    budget = config_from_dict(DemoBudget, config.get("budget") or {}, f"{config_path}: budget")
+    analysis = config_from_dict(AnalysisSettings, config.get("analysis") or {}, f"{config_path}: analysis")
+    for study_name, study in config["studies"].items():
+        unknown = sorted(set(study) - STUDY_KEYS)
+        if unknown:
+            raise LntuneError(f"{config_path}: study {study_name!r}: unknown key {unknown[0]!r}; "
+                              f"valid: {', '.join(sorted(STUDY_KEYS))}")
     paths = {}
     if config.get("world", "tiny") == "tiny":
         from lntune.demo.backbones_cache import BackboneBudget, prepare_world
@@ -53,6 +71,8 @@ def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool =
                               budget=BackboneBudget(**config.get("backbones", {})), rebuild=rebuild)
     paths.update({name: Path(path) for name, path in (config.get("paths") or {}).items()})
     benches = tuple(config.get("benches", BENCHES))
+    similarity_data = _resolve(analysis.data, paths, config_path, "analysis.data")
+    similarity_images = _resolve(analysis.image_folder, paths, config_path, "analysis.image_folder")
     model = Path(config["model"]) if config.get("model") else build_model(paths, out / "model")
     if config.get("stage1_model"):
         stage1_model, stage1_run = Path(config["stage1_model"]), None
@@ -65,7 +85,7 @@ def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool =
                 f"Same stage-1 model, seed {config.get('seed', 0)} and budget for every run: "
                 f"{budget.stage2_steps} steps of {budget.batch_size} samples.\n"]
     for study_name, study in config["studies"].items():
-        rows, curves = [], {}
+        rows, curves, trained_runs = [], {}, {}
         if study.get("baselines", False):
             if "vqav2" in benches and "instructions" in paths:
                 rows.append({"name": "image-blind prior", "VQAv2": score_cells(image_blind_prior(paths))["VQAv2"]})
@@ -80,10 +100,18 @@ def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool =
             trained = stage2(stage1_model, paths, out / "runs" / study_name / folder, budget, run["method"], overrides)
             summary = run_summary(trained)
             curves[name] = summary["losses"]
+            trained_runs[name] = trained
             results = evaluate(stage1_model, trained / "adapter", paths, out / "eval" / study_name / folder, budget, benches)
             rows.append({"name": name, **summary, **score_cells(results)})
         plot = plot_losses(curves, out / f"loss_{study_name}.png", study.get("title", study_name))
         sections.append(f"## {study.get('title', study_name)}\n\n{results_table(rows)}\n\n![loss curves]({plot.name})\n")
+        if study.get("analysis", True) and trained_runs:
+            _say(f"[{study_name}] analyses: layer similarity, gradient variance, norm drift")
+            references = {"stage 1 only": (str(stage1_model), None)} if study.get("baselines", False) else {}
+            sections.append(analysis_section(
+                trained_runs, out / "analysis" / study_name, out, analysis,
+                data=similarity_data, image_folder=similarity_images,
+                references=references, seed=config.get("seed", 0)))
         print(f"\n{study.get('title', study_name)}\n{results_table(rows)}")
     (out / "report.md").write_text("\n".join(sections))
     print(f"\ndone in {time.monotonic() - started:.0f}s: {out / 'report.md'}")

@@ -55,17 +55,20 @@ def _turns(pairs, first_prefix: str) -> list[dict]:
 
 
 def write_text_corpus(root: Path, size: WorldSize, seed: int) -> Path:
-    """Text-only chats about scenes described in words: what makes the tiny LLM 'pretrained'."""
+    """Text-only chats about scenes described in words: what makes the tiny LLM 'pretrained'.
+
+    Each chat asks several things about one scene (a caption, short questions, one reasoning question), so
+    most of what the LLM learns is to read the scene it was given.
+    """
     records = []
     for index in range(size.text_scenes):
         scene = make_scene(seed * 7919 + 500_000 + index)
         rng = random.Random(scene.seed)
-        prefix = SCENE_PROMPT.format(description=describe(scene))
-        kind = rng.choice(("conversation", "complex_reasoning", "caption"))
-        pairs = [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))] if kind == "caption" else SAMPLE_TYPES[kind](scene, rng)
-        if kind == "conversation":
-            pairs = _short(pairs, rng)
-        records.append({"id": f"text-{index}", "type": kind, "conversations": _turns(pairs, prefix)})
+        pairs = ([(rng.choice(CAPTION_PROMPTS), caption(scene, rng))] + _short(SAMPLE_TYPES["conversation"](scene, rng), rng)
+                 + SAMPLE_TYPES["complex_reasoning"](scene, rng)[:1])
+        rng.shuffle(pairs)
+        records.append({"id": f"text-{index}", "type": "chat",
+                        "conversations": _turns(pairs, SCENE_PROMPT.format(description=describe(scene)))})
     return _write_json(root / "text_corpus.json", records)
 
 

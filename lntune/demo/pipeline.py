@@ -77,7 +77,7 @@ def stage2(model: Path, paths: dict, out: Path, budget: DemoBudget, method: str 
 
 
 # Learning rates for the tiny world (hidden 128): larger than the 7B defaults, found by a short sweep on this world.
-DEMO_LEARNING_RATES = {"full": 3e-4, "lora": 2e-3, "attn-qv": 1e-3, "attn-mlp": 5e-4, "layernorm": 3e-3,
+DEMO_LEARNING_RATES = {"full": 3e-4, "lora": 2e-3, "attn-qv": 1e-3, "attn-mlp": 5e-4, "layernorm": 1e-2,
                        "layernorm-simple": 1e-2, "connector": 3e-3}
 
 

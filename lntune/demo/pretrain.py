@@ -21,7 +21,7 @@ import torch
 from lntune.data.chat import _CONTENT
 from lntune.demo.world import BACKGROUNDS, COLORS, IMAGE_SIZE, SHAPES, draw, make_scene
 
-PATCH = 8
+PATCH = 16  # one patch per cell of the scenes' 3x3 grid: 9 image tokens, each one cell's contents
 CHAT_TEMPLATE = _CONTENT + (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ 'USER: ' + content(message) + '\\n' }}"
@@ -45,10 +45,18 @@ def train_tokenizer(texts: list[str], vocab_size: int = 800):
     return tokenizer
 
 
-def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1500, batch_size: int = 32, seed: int = 0,
+def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: int = 32, seed: int = 0,
                  hidden_size: int = 128, layers: int = 4, progress=None) -> Path:
-    """Train a tiny Llama on the text corpus (next-token loss on every token) and save it with its tokenizer."""
+    """Train a tiny Llama on the text corpus and save it with its tokenizer.
+
+    The loss is on the assistant turns only (the scene descriptions are random: predicting them teaches
+    nothing), so every step trains what a multimodal model needs later, reading the scene in the context
+    to answer; a model trained on every token learned that much more slowly (docs/demo.md).
+    Batches are runs of similar-length chats, so little compute goes to padding.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lntune.data.chat import IGNORE_INDEX, tokenize_conversation
 
     records = json.loads(Path(corpus_file).read_text())
     messages = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
@@ -56,8 +64,9 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1500, batch_size: in
     extra = ["Provide a one-sentence caption for the provided image.",
              "Answer the question using a single word or phrase. Please answer yes or no.", "<image>"]
     tokenizer = train_tokenizer([m["content"] for chat in messages for m in chat] + extra)
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in messages]
-    encoded = [tokenizer(text)["input_ids"] for text in texts]
+    encoded = [tokenize_conversation(tokenizer, CHAT_TEMPLATE, chat, "<image>", f"{corpus_file}: {record['id']}")
+               for chat, record in zip(messages, records)]
+    encoded.sort(key=lambda sample: len(sample.input_ids))
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=3 * hidden_size,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
@@ -68,15 +77,16 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1500, batch_size: in
     rng = random.Random(seed)
     model.train()
     for step in range(steps):
-        batch = [encoded[rng.randrange(len(encoded))] for _ in range(batch_size)]
-        length = max(len(ids) for ids in batch)
-        input_ids = torch.full((batch_size, length), tokenizer.eos_token_id)
-        labels = torch.full((batch_size, length), -100)
-        mask = torch.zeros((batch_size, length), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
+        start = rng.randrange(max(1, len(encoded) - batch_size + 1))
+        batch = encoded[start:start + batch_size]
+        length = max(len(sample.input_ids) for sample in batch)
+        input_ids = torch.full((len(batch), length), tokenizer.eos_token_id)
+        labels = torch.full((len(batch), length), IGNORE_INDEX)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, sample in enumerate(batch):
+            input_ids[row, : len(sample.input_ids)] = torch.tensor(sample.input_ids)
+            labels[row, : len(sample.labels)] = torch.tensor(sample.labels)
+            mask[row, : len(sample.input_ids)] = 1
         for group in optimizer.param_groups:
             group["lr"] = _cosine(step, steps, 3e-3)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
@@ -92,9 +102,9 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1500, batch_size: in
     return Path(out)
 
 
-def _patch_targets(scene) -> tuple[list[int], int, int]:
+def _patch_targets(scene, patch: int) -> tuple[list[int], int, int]:
     """Per patch: 0 = background, else 1 + 2 * (colour * 3 + shape) + size; plus background and count classes."""
-    grid = IMAGE_SIZE // PATCH
+    grid = IMAGE_SIZE // patch
     cell = IMAGE_SIZE / 3
     targets = [0] * (grid * grid)
     for thing in scene.things:
@@ -103,8 +113,8 @@ def _patch_targets(scene) -> tuple[list[int], int, int]:
         label = 1 + 2 * (list(COLORS).index(thing.color) * len(SHAPES) + SHAPES.index(thing.shape)) + SIZES_INDEX[thing.size]
         for row in range(grid):
             for column in range(grid):
-                overlap_x = min(cx + radius, (column + 1) * PATCH) - max(cx - radius, column * PATCH)
-                overlap_y = min(cy + radius, (row + 1) * PATCH) - max(cy - radius, row * PATCH)
+                overlap_x = min(cx + radius, (column + 1) * patch) - max(cx - radius, column * patch)
+                overlap_y = min(cy + radius, (row + 1) * patch) - max(cy - radius, row * patch)
                 if overlap_x > 0 and overlap_y > 0:
                     targets[row * grid + column] = label
     return targets, list(BACKGROUNDS).index(scene.background), len(scene.things) - 1
@@ -115,21 +125,21 @@ PATCH_CLASSES = 1 + 2 * len(COLORS) * len(SHAPES)
 
 
 def pretrain_vision(out: Path, steps: int = 600, batch_size: int = 64, scenes: int = 4000, seed: int = 0,
-                    hidden_size: int = 96, layers: int = 4, progress=None) -> Path:
+                    hidden_size: int = 96, layers: int = 4, patch_size: int = PATCH, progress=None) -> Path:
     """Train a tiny CLIP vision tower to see the world (patch contents, background, count) and save it."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     pool = [make_scene(seed * 7919 + 2_000_000 + index) for index in range(scenes)]
     pixels = processor(images=[draw(scene) for scene in pool], return_tensors="pt")["pixel_values"]
-    targets = [_patch_targets(scene) for scene in pool]
+    targets = [_patch_targets(scene, patch_size) for scene in pool]
     patch_targets = torch.tensor([t[0] for t in targets])
     background_targets = torch.tensor([t[1] for t in targets])
     count_targets = torch.tensor([t[2] for t in targets])
 
     torch.manual_seed(seed)
     config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=layers,
-                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=hidden_size)
+                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=patch_size, projection_dim=hidden_size)
     model = CLIPVisionModel(config)
     heads = torch.nn.ModuleDict({"patch": torch.nn.Linear(hidden_size, PATCH_CLASSES),
                                  "background": torch.nn.Linear(hidden_size, len(BACKGROUNDS)),
