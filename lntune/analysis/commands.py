@@ -34,6 +34,12 @@ def _write(figure, out: Path, stem: str, results: dict) -> Path:
     return out / f"{stem}.png"
 
 
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
+
+
 def run_model(run: Path) -> tuple[str, str]:
     """(base model, adapter) of a training run directory."""
     config_file = Path(run) / "config.yaml"
@@ -77,9 +83,13 @@ def similarity_analysis(targets: dict[str, tuple[str, str | None]], data: str, i
                          "mean_off_diagonal": off_diagonal_mean(matrix), "matrix": matrix.tolist()}
         del model
     plt = _plt()
-    figure, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    columns = min(4, len(results))  # rows of at most four heatmaps: readable at a glance
+    rows = -(-len(results) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.8 * rows), squeeze=False)
+    for axis in axes.flat[len(results):]:
+        axis.set_visible(False)
     low = min(min(row) for result in results.values() for row in result["matrix"])  # one colour scale for all
-    for axis, (name, result) in zip(axes[0], results.items()):
+    for axis, (name, result) in zip(axes.flat, results.items()):
         image = axis.imshow(result["matrix"], vmin=low, vmax=1.0, cmap="viridis")
         axis.set_title(f"{name}\nmean off-diagonal {result['mean_off_diagonal']:.3f}")
         axis.set_xlabel("decoder layer")
@@ -105,6 +115,7 @@ def gradient_analysis(runs: dict[str, Path], out: Path, window: int = 50) -> dic
     left.set(xlabel="optimizer step", ylabel=f"variance of the norm-gradient norm (window {window})",
              title="gradient variance over training", yscale="log")
     right.set(xlabel="decoder block", ylabel="variance over the run", title="per block", yscale="log")
+    _integer_ticks(right)
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
@@ -128,7 +139,9 @@ def drift_analysis(runs: dict[str, Path], out: Path) -> dict:
         for name, result in results.items():
             values = result.get(kind, [])
             axis.plot(range(len(values)), [v if v is not None else float("nan") for v in values], marker="o", label=name)
-        axis.set(xlabel="decoder block", ylabel="relative L2 change", title=kind)
+        # log scale: full finetuning moves the norms ~100x less than norm tuning; linear would flatten it to 0
+        axis.set(xlabel="decoder block", ylabel="relative L2 change from the base model", title=kind, yscale="log")
+        _integer_ticks(axis)
         axis.grid(alpha=0.3)
         axis.legend()
     _write(figure, out, "drift", results)
