@@ -87,3 +87,11 @@ def test_analyze_commands_on_real_runs(built_model, tmp_path, capsys):
     assert set(json.loads((out / "similarity.json").read_text())) == {"full", "layernorm"}
     for name in ("gradients.png", "drift.png", "similarity.png"):
         assert (out / name).stat().st_size > 5000
+
+
+def test_runs_with_the_same_folder_name_keep_distinct_labels(tmp_path):
+    from lntune.analysis.commands import _labelled
+
+    assert list(_labelled([tmp_path / "a" / "ln", tmp_path / "b" / "full"])) == ["ln", "full"]
+    assert list(_labelled([tmp_path / "a" / "ln", tmp_path / "b" / "ln"])) == [str(tmp_path / "a" / "ln"),
+                                                                               str(tmp_path / "b" / "ln")]

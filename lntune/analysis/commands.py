@@ -128,10 +128,12 @@ def drift_analysis(runs: dict[str, Path], out: Path) -> dict:
     from lntune.analysis.drift import adapter_tensors, norm_drift
     from lntune.model.load import load_model
 
-    results = {}
+    results, bases = {}, {}
     for name, run in runs.items():
         model_dir, adapter = run_model(Path(run))
-        results[name] = norm_drift(load_model(model_dir), adapter_tensors(Path(adapter)))
+        if model_dir not in bases:  # the runs of a comparison share one base model: load it once
+            bases[model_dir] = load_model(model_dir)
+        results[name] = norm_drift(bases[model_dir], adapter_tensors(Path(adapter)))
     plt = _plt()
     kinds = sorted({kind for result in results.values() for kind in result})
     figure, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
@@ -151,12 +153,15 @@ def drift_analysis(runs: dict[str, Path], out: Path) -> dict:
 # ---- the CLI's view: run directories labelled by their folder names --------------------------------
 
 def _labelled(paths) -> dict[str, Path]:
-    return {Path(path).name: Path(path) for path in paths}
+    """{folder name: path}; full paths when two folders share a name (runs/a/ln and runs/b/ln), so none is lost."""
+    names = [Path(path).name for path in paths]
+    unique = len(set(names)) == len(names)
+    return {(Path(path).name if unique else str(path)): Path(path) for path in paths}
 
 
 def similarity(args) -> dict:
-    targets = {Path(run).name: run_model(Path(run)) for run in args.run or []}
-    targets.update({Path(model).name: (model, None) for model in args.model or []})
+    targets = {name: run_model(path) for name, path in _labelled(args.run or []).items()}
+    targets.update({name: (str(path), None) for name, path in _labelled(args.model or []).items()})
     if not targets:
         raise LntuneError("give --run RUN_DIR or --model DIR (repeatable)")
     results = similarity_analysis(targets, args.data, args.image_folder, Path(args.out), n=args.n, tokens=args.tokens,

@@ -50,8 +50,8 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: in
     """Train a tiny Llama on the text corpus and save it with its tokenizer.
 
     The loss is on the assistant turns only (the scene descriptions are random: predicting them teaches
-    nothing), so every step trains what a multimodal model needs later, reading the scene in the context
-    to answer; a model trained on every token learned that much more slowly (docs/demo.md).
+    nothing), so every step trains what a multimodal model needs later: reading the scene in the context
+    to answer. The earlier LLM, trained on every token of a sparser corpus, ignored its context (docs/demo.md).
     Batches are runs of similar-length chats, so little compute goes to padding.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
