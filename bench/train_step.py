@@ -5,6 +5,7 @@ side with ratios against `full`.
 
   python bench/train_step.py                          # CPU, a small Llama + CLIP model (random weights)
   python bench/train_step.py --preset llama-2-7b      # GPU: LLaMA-2-7B + CLIP ViT-L/14 shapes, bf16, random weights
+  python bench/train_step.py --preset llama-2-7b --layers 8   # the same width, 8 blocks: `full` fits one 80 GB GPU
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ METHODS = ["full", "lora", "attn-qv", "attn-mlp", "layernorm", "layernorm-simple
 REFERENCE = Path(__file__).resolve().parent.parent / "lntune" / "reference_configs"
 
 
-def _model(preset: str, device, dtype):
+def _model(preset: str, device, dtype, layers: int | None = None):
     import torch
 
     from lntune.model.compose import compose_llava_config
@@ -30,13 +31,16 @@ def _model(preset: str, device, dtype):
     from lntune.model.sources import load_llm_config, load_vision_config
 
     if preset == "llama-2-7b":
-        config = compose_llava_config(load_llm_config(REFERENCE / "llama-2-7b" / "config.json"),
+        text = load_llm_config(REFERENCE / "llama-2-7b" / "config.json")
+        if layers:
+            text.num_hidden_layers = layers
+        config = compose_llava_config(text,
                                       load_vision_config(REFERENCE / "clip-vit-large-patch14" / "config.json"), "linear",
                                       image_token_id=31999)  # reuse the last vocabulary id: no resize needed
     else:
         from transformers import CLIPVisionConfig, LlamaConfig
 
-        text = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+        text = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=layers or 8,
                            num_attention_heads=8, num_key_value_heads=8)
         vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
                                   image_size=112, patch_size=14)
@@ -58,7 +62,7 @@ def worker(args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model, config = _model(args.preset, device, dtype)
+    model, config = _model(args.preset, device, dtype, args.layers)
     model = apply_method(model, MethodConfig(name=args.worker))
     for parameter in model.parameters():
         if parameter.requires_grad:
@@ -115,6 +119,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--layers", type=int, help="blocks in the LLM (default: the preset's); fewer keep the "
+                        "preset's width where `full` would not fit in memory")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,12 +136,13 @@ def main() -> int:
         if done.returncode != 0 or not lines:
             reason = "out of memory" if "OutOfMemory" in done.stderr or "out of memory" in done.stderr else "failed"
             results.append({"method": method, "error": reason, "detail": done.stderr[-500:]})
-            print(f"{method}: {reason}", file=sys.stderr)
+            last_line = (done.stderr.strip().splitlines() or [""])[-1]
+            print(f"{method}: {reason}: {last_line[:300]}", file=sys.stderr)
         else:
             results.append(json.loads(lines[-1][len("RESULT "):]))
             print(f"{method}: done", file=sys.stderr)
     full = next((r for r in results if r["method"] == "full" and "error" not in r), None)
-    print(f"preset {args.preset}, batch {args.batch_size} x {args.seq_len} tokens, median of {args.steps} steps"
+    print(f"preset {args.preset}{f' ({args.layers} LLM blocks)' if args.layers else ''}, batch {args.batch_size} x {args.seq_len} tokens, median of {args.steps} steps"
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
     print(f"{'method':<17} {'trainable':>14} {'step s':>8} {'x full':>7} {'tokens/s':>10} {'peak GiB':>9} {'x full':>7}")
     for r in results:
