@@ -59,6 +59,24 @@ def fingerprint(model_dir: str | Path) -> str:
 PEFT_PREFIX = "base_model.model."
 
 
+_HEADER_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
+    """The floating dtype holding most of a model directory's weights on disk (read from the safetensors headers)."""
+    elements: dict[str, int] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, entry in header.items():
+            if name != "__metadata__" and entry["dtype"] in _HEADER_DTYPES:
+                count = 1
+                for size in entry["shape"]:
+                    count *= size
+                elements[entry["dtype"]] = elements.get(entry["dtype"], 0) + count
+    return _HEADER_DTYPES[max(elements, key=elements.get)] if elements else None
+
+
 def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
                  base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter."""
@@ -73,6 +91,12 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
     from lntune.methods.lora import lora_parameters
 
     tensors = tensors if tensors is not None else gather_trainable(model)
+    # Trained in fp32, stored like the base (a bf16/fp16 base's adapter is half the size). Nothing is lost for use:
+    # loading the adapter or merging it casts to the base's dtype anyway; resuming reads the fp32 checkpoints.
+    stored = stored_float_dtype(base_dir)
+    if stored is not None:
+        tensors = {name: t.to(stored) if t.is_floating_point() and t.dtype.itemsize > stored.itemsize else t
+                   for name, t in tensors.items()}
     lora_ids = {id(parameter) for parameter in lora_parameters(model)}
     lora_names = {name for name, parameter in model.named_parameters() if id(parameter) in lora_ids}
     is_lora = hasattr(model, "peft_config")

@@ -80,6 +80,26 @@ def test_layernorm_simple_adapter_is_only_norms(built_model, data, tmp_path):
     assert all("layernorm" in name or name.endswith("language_model.norm.weight") for name in tensors)
 
 
+def test_adapter_is_stored_in_the_base_models_dtype(built_model, data, tmp_path):
+    """Trained in fp32, stored like a bf16 base: half the bytes, and base + adapter is what the merge writes."""
+    from lntune.adapter import save_model_dir
+    from lntune.model.load import load_processor
+
+    fp32_dir = built_model()
+    base = load_model(fp32_dir).to(torch.bfloat16)
+    save_model_dir(base, load_processor(fp32_dir), tmp_path / "bf16-base", fp32_dir)
+    run = train(run_config(tmp_path / "bf16-base", tmp_path / "run", data, method="layernorm-simple",
+                           save_merged=True), say=lambda m: None)
+    tensors = load_file(str(run / "adapter" / "trainable.safetensors"))
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    with_adapter = load_adapter(load_model(tmp_path / "bf16-base"), run / "adapter", tmp_path / "bf16-base")
+    merged = load_model(run / "model")
+    assert merged.dtype == torch.bfloat16
+    inputs = image_inputs(fp32_dir)
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    assert torch.equal(_logits(with_adapter, inputs), _logits(merged, inputs))
+
+
 def test_lora_adapter_peft_format_and_merge(built_model, data, tmp_path):
     model_dir = built_model()
     run = train(run_config(model_dir, tmp_path / "run", data, method="lora", lr=1e-2), say=lambda m: None)
