@@ -6,6 +6,25 @@ does not pay for importing torch and transformers until they are used.
 
 __version__ = "0.1.0"
 
+
+def _deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed logs to stdout, and Accelerate imports it whenever it is installed (on a CPU machine it then warns
+    "Setting accelerator to CPU"). lntune's stdout carries results (`lntune report`, `eval` tables), so DeepSpeed's
+    records are written to stderr instead. A filter on its logger, set before DeepSpeed creates the logger's handler,
+    survives that creation; nothing is imported here."""
+    import logging
+    import sys
+
+    class ToStderr(logging.Filter):
+        def filter(self, record):
+            sys.stderr.write(f"[DeepSpeed {record.levelname}] {record.getMessage()}\n")
+            return False
+
+    logging.getLogger("DeepSpeed").addFilter(ToStderr())
+
+
+_deepspeed_logs_to_stderr()
+
 _LAZY_EXPORTS = {
     "build_mllm": "lntune.model.build",
     "load_model": "lntune.model.load",

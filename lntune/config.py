@@ -92,7 +92,7 @@ OVERLONG_POLICIES = ("truncate", "skip")
 STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
-DISTRIBUTED = ("ddp", "fsdp2")
+DISTRIBUTED = ("ddp", "fsdp2", "zero2", "zero3")
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ class TrainConfig:
     """Checkpoint every N optimizer steps (0: only at the end)."""
     keep_checkpoints: int = 2
     distributed: str = "ddp"
-    """How several processes (torchrun) share the work: ddp (replicas) or fsdp2 (sharded parameters)."""
+    """How several processes (torchrun) share the work: ddp (replicas), fsdp2 (sharded parameters), or DeepSpeed
+    zero2 (sharded optimizer state and gradients) / zero3 (and sharded parameters); the last two need deepspeed."""
     save_merged: bool | None = None
     """Also write a full merged model/ (None: yes for pretrain, whose output the finetune stage starts from)."""
     grad_stats: bool = True

@@ -193,11 +193,33 @@ def test_cli_yaml_config_and_overrides(built_model, data, tmp_path):
     assert saved["method"]["name"] == "attn-qv" and saved["train"]["lr"] == 0.01 and saved["data"]["max_length"] == 512
 
 
-def test_fsdp2_refuses_text_only_samples(built_model, data, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")  # the guard runs before any process group is created
-    config = run_config(built_model(), tmp_path / "run", data, distributed="fsdp2")
-    with pytest.raises(LntuneError, match="text-only"):
-        train(config, say=lambda m: None)
+def test_text_only_batch_gets_a_vision_placeholder_row(built_model, data):
+    """Sharded training runs the vision path in every step: a batch of text-only samples gets an extra row (a blank
+    image, nothing supervised) that leaves the text rows' logits as they were."""
+    from lntune.data.dataset import SupervisedDataset, collate
+    from lntune.data.mixture import build_mixture
+    from lntune.model.load import load_processor
+
+    model_dir = built_model()
+    config = run_config(model_dir, "-", data)
+    model = load_model(model_dir).eval()
+    dataset = SupervisedDataset(build_mixture(config.data, 0), load_processor(model_dir), model.config.image_seq_length,
+                                config.data, "finetune")
+    examples = [dataset[index] for index in range(len(dataset))]
+    text_only = [example for example in examples if example.pixel_values is None][:2]
+    with_image = [example for example in examples if example.pixel_values is not None][:1]
+    placeholder = dataset.vision_placeholder()
+    plain, padded = collate(text_only, 0), collate(text_only, 0, placeholder)
+    assert "pixel_values" not in plain and padded["pixel_values"].shape[0] == 1
+    assert padded["input_ids"].shape[0] == 3 and (padded["labels"][2] == -100).all()
+    assert (padded["input_ids"][2] == dataset.image_token_id).sum() == model.config.image_seq_length
+    assert collate(with_image + text_only, 0, placeholder)["input_ids"].shape[0] == 3  # has an image: no extra row
+    with torch.no_grad():
+        alone = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        beside = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                       pixel_values=padded["pixel_values"]).logits
+    real = plain["attention_mask"].bool()
+    torch.testing.assert_close(beside[:2, : alone.shape[1]][real], alone[real], rtol=1e-4, atol=1e-5)
 
 
 def test_cli_pretrain_defaults_to_connector(built_model, data, tmp_path):
@@ -284,14 +306,15 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     import shutil
 
     model_dir = built_model()
-    data = write_llava_data(tmp_path / "data", count=16)  # images only: see the fsdp2 guard in the trainer
+    # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
+    data = write_llava_data(tmp_path / "data", count=16, text_only=4)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
     subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
                               "--save-every", "0"), check=True, env=env, capture_output=True, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "2", "--save-every", "2",
-                              "train.distributed=fsdp2")[1:]
+    sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "1", "--grad-accum", "2",
+                              "--save-every", "2", "train.distributed=fsdp2")[1:]
     result = _torchrun(torchrun + sharded_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
@@ -311,3 +334,88 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
     for name in sharded:
         torch.testing.assert_close(resumed[name], sharded[name], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_deepspeed_in_one_process_trains_like_the_plain_loop(built_model, data, tmp_path, mode):
+    """zero2/zero3 use DeepSpeed's engine in one process too (on a process group of one), and other runs in the
+    same process still work (lntune compare). Same
+    gradients and weights as lntune's own loop: exact on CPU (fp32), close on a GPU (DeepSpeed's bf16 keeps the
+    whole module in bf16, the plain loop autocasts around fp32 trainables)."""
+    pytest.importorskip("deepspeed")
+    model_dir = built_model()
+    settings = dict(max_grad_norm=0.5, lr=1e-2, save_every=2)
+    plain = train(run_config(model_dir, tmp_path / "plain", data, **settings), say=lambda m: None)
+    engine = train(run_config(model_dir, tmp_path / "engine", data, distributed=mode, **settings), say=lambda m: None)
+    again = train(run_config(model_dir, tmp_path / "again", data, **settings), say=lambda m: None)
+    assert torch.equal(load_file(str(again / "adapter" / "trainable.safetensors"))["lm_head.weight"],
+                       load_file(str(plain / "adapter" / "trainable.safetensors"))["lm_head.weight"])
+    tolerance = dict(rel=2e-2) if torch.cuda.is_available() else dict(rel=1e-5)
+    for file in ("metrics.jsonl", "grad_stats.jsonl"):
+        rows = [[json.loads(line) for line in (run / file).read_text().splitlines()] for run in (plain, engine)]
+        assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3, 4]
+        key = "loss" if file == "metrics.jsonl" else "norm_grad_norm"
+        assert [r[key] for r in rows[1]] == pytest.approx([r[key] for r in rows[0]], **tolerance)
+    ours = load_file(str(plain / "adapter" / "trainable.safetensors"))
+    theirs = load_file(str(engine / "adapter" / "trainable.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=2e-2 if torch.cuda.is_available() else 2e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mode):
+    """DeepSpeed ZeRO on 2 CPU processes (gloo): the same weights as one process with the same global batch, and a
+    resume from its partitioned checkpoint ends where the uninterrupted run did."""
+    pytest.importorskip("deepspeed")
+    import shutil
+
+    model_dir = built_model()
+    # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
+    data = write_llava_data(tmp_path / "data", count=16, text_only=4)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
+                              "--save-every", "0", "train.max_grad_norm=0.5"), check=True, env=env, capture_output=True,
+                   timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    zero_args = _cli_train(model_dir, data, tmp_path / "zero", *common, "--batch-size", "1", "--grad-accum", "2",
+                           "--save-every", "2", "train.max_grad_norm=0.5", f"train.distributed={mode}")[1:]
+    result = _torchrun(torchrun + zero_args, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"with DeepSpeed ZeRO-{mode[-1]}" in result.stderr
+    one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
+    sharded = load_file(str(tmp_path / "zero" / "adapter" / "trainable.safetensors"))
+    assert one.keys() == sharded.keys()
+    for name in one:
+        torch.testing.assert_close(sharded[name], one[name], rtol=0, atol=2e-6)
+    # the norms' gradient statistics are the whole (accumulated, averaged) gradients, as in one process
+    for file in ("metrics.jsonl", "grad_stats.jsonl"):
+        lines = [[json.loads(line) for line in (tmp_path / run / file).read_text().splitlines()] for run in ("one", "zero")]
+        assert [r["step"] for r in lines[0]] == [r["step"] for r in lines[1]] == [1, 2, 3, 4]
+    for ours, theirs in zip(*lines):
+        assert ours["norm_grad_norm"] == pytest.approx(theirs["norm_grad_norm"], rel=1e-4)
+    checkpoint = tmp_path / "zero" / "checkpoints" / "step-00000002"
+    assert (checkpoint / "deepspeed").is_dir() and not (checkpoint / "optimizer.pt").exists()
+
+    # A crash after the step-2 checkpoint: keep only what existed then, and resume with 2 processes.
+    crashed = tmp_path / "crashed"
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "zero" / "config.yaml", crashed / "config.yaml")
+    shutil.copytree(checkpoint, crashed / "checkpoints" / checkpoint.name)
+    resume_args = [a if a != str(tmp_path / "zero") else str(crashed) for a in zero_args] + ["--resume"]
+    result = _torchrun(torchrun + resume_args, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
+    for name in sharded:
+        torch.testing.assert_close(resumed[name], sharded[name], rtol=0, atol=1e-7)
+
+
+def test_deepspeed_logs_stay_off_stdout():
+    """DeepSpeed logs to stdout (and warns on import on a CPU machine); lntune's stdout carries result tables."""
+    pytest.importorskip("deepspeed")
+    done = subprocess.run([sys.executable, "-c", "import lntune, deepspeed; deepspeed.utils.logger.warning('w')"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "" and "[DeepSpeed WARNING] w" in done.stderr

@@ -60,6 +60,18 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 skipped.append(str(reason))
         raise LntuneError(f"{MAX_REPLACEMENTS} samples in a row were skipped; last: {skipped[-1]}")
 
+    def vision_placeholder(self) -> Example:
+        """A row of image tokens for a blank image, nothing supervised. Sharded training (FSDP2, ZeRO) needs the
+        same collectives in every process, so a batch of text-only samples still runs the vision encoder and the
+        connector on this row; it adds no loss, so their gradient from it is exactly zero. (LLaVA does the same with
+        a blank image per text-only sample.)"""
+        from PIL import Image
+
+        blank = Image.new("RGB", (64, 64))
+        pixel_values = self.processor.image_processor(images=blank, return_tensors="pt")["pixel_values"][0]
+        return Example([self.image_token_id] * self.image_seq_length, [IGNORE_INDEX] * self.image_seq_length,
+                       pixel_values, "vision-placeholder")
+
     def tokenize(self, record):
         """Token ids / labels with each <image> expanded to the image's token count."""
         messages = [{"role": role, "content": text} for role, text in record.messages]
@@ -101,8 +113,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return Example(input_ids, labels, pixel_values, record.id, truncated)
 
 
-def collate(examples: list[Example], pad_token_id: int) -> dict:
-    """Right-padded batch; pixel values stacked in the order their image tokens appear."""
+def collate(examples: list[Example], pad_token_id: int, placeholder: Example | None = None) -> dict:
+    """Right-padded batch; pixel values stacked in the order their image tokens appear. A batch without any image
+    gets `placeholder` as an extra row (see SupervisedDataset.vision_placeholder), when one is given."""
+    if placeholder is not None and all(example.pixel_values is None for example in examples):
+        examples = [*examples, placeholder]
     length = max(len(example.input_ids) for example in examples)
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)

@@ -46,8 +46,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-                    sharded: bool = False) -> Path:
-    """Collective: every process calls it. `model` is the unwrapped (but possibly sharded) model."""
+                    sharded: bool = False, engine=None) -> Path:
+    """Collective: every process calls it. `model` is the unwrapped (but possibly sharded) model; under DeepSpeed
+    (`engine`) the optimizer and schedule are the engine's partitioned checkpoint, in `deepspeed/`."""
     from safetensors.torch import save_file
 
     root = run_dir / "checkpoints"
@@ -58,13 +59,20 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
-    gathered = sharded or accelerator.is_main_process  # under FSDP2 every process joins the gathers
-    tensors = gather_trainable(model) if gathered else None
-    optimizer_state_dict = optimizer_state(model, optimizer, sharded) if gathered else None
+    if engine is not None:
+        from lntune.train import zero
+
+        tensors = zero.gather_trainable(engine)  # collective
+        zero.save_engine_state(engine, staging)  # collective: each process writes its partition
+    else:
+        gathered = sharded or accelerator.is_main_process  # under FSDP2 every process joins the gathers
+        tensors = gather_trainable(model) if gathered else None
+        optimizer_state_dict = optimizer_state(model, optimizer, sharded) if gathered else None
     if accelerator.is_main_process:
         save_file(tensors, str(staging / "trainable.safetensors"))
-        torch.save(optimizer_state_dict, staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        if engine is None:
+            torch.save(optimizer_state_dict, staging / "optimizer.pt")
+            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         (staging / "state.json").write_text(json.dumps(dict(state, step=step, world_size=accelerator.num_processes), indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -75,7 +83,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
     return final
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False) -> dict:
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False, engine=None) -> dict:
     from safetensors.torch import load_file
 
     from lntune.errors import LntuneError
@@ -86,8 +94,13 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharde
             f"{path} was written by {state['world_size']} processes; resume with the same number "
             f"(got {accelerator.num_processes}) so that every step sees the same data"
         )
-    load_trainable(model, load_file(str(path / "trainable.safetensors")))
-    load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False), sharded)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    if engine is not None:
+        from lntune.train import zero
+
+        zero.load_engine_state(engine, path)  # trained weights, optimizer partitions and the schedule
+    else:
+        load_trainable(model, load_file(str(path / "trainable.safetensors")))
+        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False), sharded)
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
     return state

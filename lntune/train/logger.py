@@ -59,8 +59,16 @@ class MetricsLogger:
                 self.tensorboard.close()
 
 
-def norm_gradient_norms(model) -> dict:
-    """L2 norm of the norm parameters' gradients per block (and overall); {} if no norm has a gradient."""
+def _local_grad(parameter):
+    grad = parameter.grad
+    if grad is None:
+        return None
+    return grad.full_tensor() if hasattr(grad, "full_tensor") else grad  # FSDP2 shard -> whole
+
+
+def norm_gradient_norms(model, grad_of=_local_grad) -> dict:
+    """L2 norm of the norm parameters' gradients per block (and overall); {} if no norm has a gradient.
+    `grad_of(parameter)` reads a full gradient (DeepSpeed passes its own reader)."""
     parts = locate_parts(model)
     per_block, total = [], 0.0
     for block in parts.blocks:
@@ -68,10 +76,9 @@ def norm_gradient_norms(model) -> dict:
         found = False
         for norm in block.norms.values():
             for parameter in norm.parameters():
-                if parameter.grad is not None:
-                    grad = parameter.grad.detach()
-                    grad = grad.full_tensor() if hasattr(grad, "full_tensor") else grad  # FSDP2 shard -> whole
-                    squared += float(grad.float().pow(2).sum())
+                grad = grad_of(parameter) if parameter.requires_grad else None
+                if grad is not None:
+                    squared += float(grad.detach().float().pow(2).sum())
                     found = True
         per_block.append(math.sqrt(squared) if found else None)
         total += squared

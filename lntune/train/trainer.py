@@ -4,7 +4,8 @@ Why a small loop over Accelerate rather than HF Trainer: checkpoints here hold o
 tensors (kilobytes for LayerNorm tuning instead of a 14 GB model copy per save), the loss is
 normalised by the supervised tokens of the whole global batch (so N processes reproduce one process
 exactly), and resuming replays the very same batches. Accelerate still provides device placement,
-DDP and mixed precision.
+DDP and mixed precision; FSDP2 (lntune.train.distributed) and DeepSpeed ZeRO (lntune.train.zero) are applied
+directly, so that every mode runs on CPU processes too (that is how they are tested).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lntune.errors import LntuneError
 from lntune.methods import apply_method
 from lntune.model.load import load_model, load_processor
 from lntune.model.parts import unwrap
+from lntune.train import zero
 from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
@@ -118,20 +120,19 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     mixture = build_mixture(data_config, train_config.seed)
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     sharded = multi_process and train_config.distributed == "fsdp2"
+    # DeepSpeed even for one process (e.g. to try a zero3 run on one GPU first); FSDP2 only with several.
+    zero_stage = zero.STAGES.get(train_config.distributed)
+    if zero_stage:
+        zero.require_deepspeed()  # before any work: a clear error if it is not installed
     precision = _precision(train_config.precision)
-    if sharded and precision == "fp16":
-        raise LntuneError("fp16 with fsdp2 has no loss scaling here; use precision bf16 (or fp32) with fsdp2")
-    if sharded and mixture.text_only():
-        raise LntuneError(
-            f"distributed fsdp2 needs an image in every sample, but the data has {mixture.text_only()} text-only "
-            "samples: a process whose batch has no image skips the vision encoder and the shard collectives "
-            "fall out of step. Use train.distributed=ddp, or leave the text-only samples out."
-        )
+    if (sharded or zero_stage) and precision == "fp16":
+        raise LntuneError(f"fp16 with {train_config.distributed} has no loss scaling here; use precision bf16 (or "
+                          f"fp32) with {train_config.distributed}")
     accelerator = Accelerator(
         # Accelerate only sets up multi-process CPU training (gloo) when told the run is on the CPU.
         cpu=multi_process and not torch.cuda.is_available(),
-        # Under FSDP2 the shards' policy casts for compute; Accelerate's autocast stays off.
-        mixed_precision="no" if sharded else precision,
+        # Under FSDP2 the shards' policy casts for compute, under DeepSpeed its bf16 mode; Accelerate's autocast stays off.
+        mixed_precision="no" if sharded or zero_stage else precision,
         # Text-only batches leave the connector without a gradient; DDP must be told to expect that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=mixture.text_only() > 0)],
     )
@@ -165,9 +166,14 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     total_steps = train_config.max_steps or max(1, round(train_config.epochs * probe.steps_per_epoch))
     optimizer = make_optimizer(model, config)  # after sharding: FSDP2 replaces the parameters with DTensors
     scheduler = make_scheduler(optimizer, train_config.scheduler, total_steps, train_config.warmup_ratio)
+    engine = None  # the DeepSpeed engine under zero2/zero3: it then steps the optimizer and the schedule
+    if zero_stage:
+        engine, optimizer, scheduler = zero.initialize(model, optimizer, scheduler, zero_stage, train_config, world,
+                                                       precision)
+        model = engine
     start_step, counters = 0, {"skipped": 0, "truncated": 0}
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler, sharded)
+        state = load_checkpoint(accelerator, resume_from, model, optimizer, scheduler, sharded, engine)
         start_step, counters = state["step"], state["counters"]
         log(f"resuming from {resume_from} (step {start_step} of {total_steps})")
     if is_main:
@@ -179,22 +185,28 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                                accelerator.process_index, train_config.seed, total_steps, start_step)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=data_config.num_workers,
-        collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+        # Sharded modes: a process whose batch has no image would skip the vision encoder and connector, and its
+        # collectives (parameter gathers, gradient reductions) would fall out of step with the others'.
+        collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id,
+                           placeholder=dataset.vision_placeholder() if (sharded or zero_stage) and mixture.text_only()
+                           else None),
         # Its own generator: creating the iterator must not draw from the global RNG that dropout uses,
         # or a resumed run (RNG restored, then a new iterator) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(train_config.seed),
     )
-    if not sharded:
+    if not sharded and engine is None:
         model, optimizer = accelerator.prepare(model, optimizer)
-    plain_model = accelerator.unwrap_model(model)  # without the DDP wrapper (still sharded under FSDP2)
+    # Without the DDP wrapper or DeepSpeed engine (still sharded under FSDP2 and ZeRO-3).
+    plain_model = engine.module if engine is not None else accelerator.unwrap_model(model)
     model.train()
     unwrap(plain_model).model.vision_tower.eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
     logger = MetricsLogger(run_dir, is_main)
+    mode = " with FSDP2" if sharded else f" with DeepSpeed ZeRO-{zero_stage}" if zero_stage else ""
     log(
-        f"training {config.method.name} ({sum(p.numel() for p in trainable) * (world if sharded else 1):,} trainable "
-        f"parameters) on {len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} samples, "
-        f"lr {base_learning_rate(config):g}, {world} process(es){' with FSDP2' if sharded else ''}, precision {precision}"
+        f"training {config.method.name} ({sum(zero.numel(p) for p in trainable) * (world if sharded else 1):,} "
+        f"trainable parameters) on {len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} "
+        f"samples, lr {base_learning_rate(config):g}, {world} process(es){mode}, precision {precision}"
     )
 
     from tqdm.auto import tqdm
@@ -218,6 +230,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                 last = index == len(micro_batches) - 1
                 if sharded:
                     sync = gradient_sync(model, enabled=last)
+                elif engine is not None:
+                    sync = contextlib.nullcontext()  # the engine accumulates and reduces by itself
                 else:
                     sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
@@ -226,21 +240,34 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                     # DDP averages gradients over processes; scaling by world makes the result the
                     # gradient of (sum of token losses / supervised tokens in the global batch).
                     loss = loss_sum * world / max(global_tokens, 1)
-                accelerator.backward(loss)
+                if engine is not None:
+                    # The engine divides the loss by the accumulation steps; this one is already normalised by
+                    # the global batch's supervised tokens.
+                    engine.backward(loss * train_config.grad_accum)
+                    if not last:
+                        engine.step()  # only counts the micro-step: the optimizer steps at the boundary
+                else:
+                    accelerator.backward(loss)
                 loss_total += float(loss_sum.detach())
-            if not sharded:
-                accelerator.unscale_gradients()  # fp16: statistics and clipping on the true gradients
-            gradient_record = norm_gradient_norms(plain_model) if train_config.grad_stats else {}
-            grad_norm = None
-            if train_config.max_grad_norm > 0:
-                # Gradients are already unscaled and synchronised (DDP) or sharded DTensors (FSDP2, whose
-                # norm is a DTensor too), so torch's clipping applies directly.
-                total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
-                grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
             step_lr = scheduler.get_last_lr()[0]  # the rate this step used (before the schedule advances)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = None
+            if engine is not None:
+                gradient_record = zero.norm_gradient_norms(engine) if train_config.grad_stats else {}
+                engine.step()  # clips (gradient_clipping), steps the optimizer and the schedule, zeroes gradients
+                if train_config.max_grad_norm > 0 and engine.get_global_grad_norm() is not None:
+                    grad_norm = float(engine.get_global_grad_norm())
+            else:
+                if not sharded:
+                    accelerator.unscale_gradients()  # fp16: statistics and clipping on the true gradients
+                gradient_record = norm_gradient_norms(plain_model) if train_config.grad_stats else {}
+                if train_config.max_grad_norm > 0:
+                    # Gradients are already unscaled and synchronised (DDP) or sharded DTensors (FSDP2, whose
+                    # norm is a DTensor too), so torch's clipping applies directly.
+                    total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
+                    grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
 
@@ -259,13 +286,16 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                 logger.log_gradients({"step": step, **gradient_record})
             if train_config.save_every and step % train_config.save_every == 0 and step < total_steps:
                 save_checkpoint(accelerator, run_dir, step, plain_model, optimizer, scheduler,
-                                {"counters": counters}, train_config.keep_checkpoints, sharded)
+                                {"counters": counters}, train_config.keep_checkpoints, sharded, engine)
     finally:
         progress.close()
         logger.close()
 
     accelerator.wait_for_everyone()
-    tensors = gather_trainable(plain_model) if sharded or is_main else None  # collective under FSDP2
+    if engine is not None:
+        tensors = zero.gather_trainable(engine)  # collective; the optimizer's fp32 weights
+    else:
+        tensors = gather_trainable(plain_model) if sharded or is_main else None  # collective under FSDP2
     if is_main:
         save_adapter(plain_model, run_dir / "adapter", config.model, config_to_dict(config.method),
                      train_config.stage, base_print, tensors=tensors)
@@ -282,10 +312,15 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     # Release the DDP wrapper (and Accelerate's references to it) while every process is still alive: left for
     # interpreter teardown, its gloo resources could wait on a peer that has already exited (seen: a rare hang).
     accelerator.free_memory()
-    del model, plain_model, optimizer, trainable, batches, loader
+    if engine is not None:
+        zero.shutdown(engine)
+    del model, plain_model, optimizer, trainable, batches, loader, engine
     gc.collect()
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if multi_process:
+        # Not with one process: then a process group is only the one lntune.train.zero keeps for later DeepSpeed
+        # runs in this process, or the caller's own.
+        accelerator.end_training()
     # Accelerate keeps its settings in a process-wide singleton; clear them so that a later train()
     # in the same process (lntune compare, notebooks) can choose another precision.
     from accelerate.state import AcceleratorState, GradientState

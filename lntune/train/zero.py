@@ -1,0 +1,129 @@
+"""DeepSpeed ZeRO stage 2 and 3 for many processes, driven through `deepspeed.initialize` directly.
+
+Why not Accelerate's DeepSpeed plugin: Accelerate refuses it on a CPU-only machine (it silently falls back to DDP
+with `cpu=True`, and without it every process believes it is rank 0 of 1), so that path could not be tested where
+lntune's tests run. Here Accelerate still sets up the processes (NCCL on GPUs, gloo on CPUs) and DeepSpeed joins the
+existing process group, so the same code runs in CI (2 CPU processes) and on a GPU cluster.
+
+The engine owns gradient accumulation, gradient averaging over processes, clipping (`gradient_clipping`), the
+optimizer step and the schedule; bf16 is DeepSpeed's own (fp32 master weights in the optimizer). Under ZeRO-3 the
+parameters are partitioned, so reading a full tensor or gradient is a collective that every process must join.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from lntune.errors import LntuneError
+
+STAGES = {"zero2": 2, "zero3": 3}
+CHECKPOINT_TAG = "deepspeed"
+
+
+def require_deepspeed():
+    try:
+        import deepspeed
+    except ImportError:
+        raise LntuneError("train.distributed=zero2/zero3 needs DeepSpeed: pip install 'lntune[deepspeed]' "
+                          "(or pip install deepspeed)") from None
+    return deepspeed
+
+
+def deepspeed_config(stage: int, batch_size: int, grad_accum: int, world: int, max_grad_norm: float,
+                     precision: str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": batch_size * grad_accum * world,
+        "gradient_clipping": max_grad_norm,  # 0: off
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": precision == "bf16"},
+        # lntune's AdamW parameter groups (own learning rates, no decay on norms) are a plain torch optimizer.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # lntune logs its own metrics
+        "wall_clock_breakdown": False,
+    }
+
+
+def _process_group_of_one() -> None:
+    """DeepSpeed needs a process group even for one process (plain `lntune train` without torchrun)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # A tcp:// address rather than environment variables, which would make later runs in this process (lntune
+    # compare) look like torchrun workers.
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1,
+                                         init_method=f"tcp://127.0.0.1:{port}")
+
+
+def initialize(model, optimizer, scheduler, stage: int, train_config, world: int, precision: str):
+    """Wrap `model` in a DeepSpeed engine. Returns (engine, optimizer, scheduler); the engine steps both.
+    With one process it makes a process group of one and keeps it for later runs in the process (DeepSpeed caches
+    its groups: a new group would not replace them)."""
+    deepspeed = require_deepspeed()
+    if not torch.distributed.is_initialized():
+        _process_group_of_one()
+    config = deepspeed_config(stage, train_config.batch_size, train_config.grad_accum, world,
+                              train_config.max_grad_norm, precision)
+    # DeepSpeed reads LOCAL_RANK (its device; ZeRO-3 in every step), which only launchers set. Lent until shutdown():
+    # left set, it would make later runs in this process look like torchrun workers to Accelerate.
+    lent = "LOCAL_RANK" not in os.environ
+    if lent:
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                               config=config, dist_init_required=False)
+    except BaseException:
+        if lent:
+            del os.environ["LOCAL_RANK"]
+        raise
+    engine.lntune_lent_local_rank = lent
+    return engine, optimizer, scheduler
+
+
+def shutdown(engine) -> None:
+    if hasattr(engine, "destroy"):
+        engine.destroy()
+    if getattr(engine, "lntune_lent_local_rank", False):
+        os.environ.pop("LOCAL_RANK", None)
+
+
+def numel(parameter) -> int:
+    """Elements of the whole tensor (a ZeRO-3 parameter holds only its partition; ds_numel is the full size)."""
+    return getattr(parameter, "ds_numel", parameter.numel())
+
+
+def gather_trainable(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 copies of the trained tensors on the CPU (the optimizer's master weights). Collective."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return {name: safe_get_full_fp32_param(parameter).detach().to("cpu").clone()
+            for name, parameter in engine.module.named_parameters() if parameter.requires_grad}
+
+
+def norm_gradient_norms(engine) -> dict:
+    """`lntune.train.logger.norm_gradient_norms` for an engine: read between the last backward of a step and
+    `engine.step()`, when the gradients are accumulated and averaged over processes. Collective under ZeRO-3."""
+    from deepspeed.utils import safe_get_full_grad
+
+    from lntune.train.logger import norm_gradient_norms as gradient_norms
+
+    return gradient_norms(engine.module, grad_of=safe_get_full_grad)
+
+
+def save_engine_state(engine, directory) -> None:
+    """Every process writes its partition of the optimizer state (and DeepSpeed's copy of the schedule) under
+    `directory/deepspeed`; frozen weights are left out, so a LayerNorm-tuning checkpoint stays small. Collective."""
+    engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
+
+
+def load_engine_state(engine, directory) -> None:
+    path, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_module_strict=False,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise LntuneError(f"{directory} holds no DeepSpeed state ({CHECKPOINT_TAG}/); it was not written by a "
+                          "zero2/zero3 run: resume with the train.distributed it was written with")
