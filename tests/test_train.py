@@ -346,10 +346,12 @@ def test_deepspeed_in_one_process_trains_like_the_plain_loop(built_model, data, 
     model_dir = built_model()
     settings = dict(max_grad_norm=0.5, lr=1e-2, save_every=2)
     plain = train(run_config(model_dir, tmp_path / "plain", data, **settings), say=lambda m: None)
+    linear = torch.nn.functional.linear
     engine = train(run_config(model_dir, tmp_path / "engine", data, distributed=mode, **settings), say=lambda m: None)
+    assert torch.nn.functional.linear is linear  # ZeRO-3 replaces it process-wide; lntune puts it back
     again = train(run_config(model_dir, tmp_path / "again", data, **settings), say=lambda m: None)
-    assert torch.equal(load_file(str(again / "adapter" / "trainable.safetensors"))["lm_head.weight"],
-                       load_file(str(plain / "adapter" / "trainable.safetensors"))["lm_head.weight"])
+    first, second = (load_file(str(run / "adapter" / "trainable.safetensors")) for run in (plain, again))
+    assert all(torch.equal(first[name], second[name]) for name in first)
     tolerance = dict(rel=2e-2) if torch.cuda.is_available() else dict(rel=1e-5)
     for file in ("metrics.jsonl", "grad_stats.jsonl"):
         rows = [[json.loads(line) for line in (run / file).read_text().splitlines()] for run in (plain, engine)]

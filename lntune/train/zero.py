@@ -71,6 +71,7 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
                               train_config.max_grad_norm, precision)
     # DeepSpeed reads LOCAL_RANK (its device; ZeRO-3 in every step), which only launchers set. Lent until shutdown():
     # left set, it would make later runs in this process look like torchrun workers to Accelerate.
+    functional_linear = torch.nn.functional.linear  # ZeRO-3 replaces it process-wide: see shutdown()
     lent = "LOCAL_RANK" not in os.environ
     if lent:
         os.environ["LOCAL_RANK"] = "0"
@@ -82,12 +83,17 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
             del os.environ["LOCAL_RANK"]
         raise
     engine.lntune_lent_local_rank = lent
+    engine.lntune_functional_linear = functional_linear
     return engine, optimizer, scheduler
 
 
 def shutdown(engine) -> None:
+    """Release the engine and undo what DeepSpeed changed in the process, so that later runs in it (lntune compare,
+    notebooks) compute exactly as they would alone: ZeRO-3 swaps torch.nn.functional.linear for its own, "which will
+    persist unless manually reset" (seen on a GPU: a later plain run's bf16 weights differed in the last bit)."""
     if hasattr(engine, "destroy"):
         engine.destroy()
+    torch.nn.functional.linear = engine.lntune_functional_linear
     if getattr(engine, "lntune_lent_local_rank", False):
         os.environ.pop("LOCAL_RANK", None)
 
