@@ -284,6 +284,7 @@ def test_resume_after_kill_reaches_the_same_weights(built_model, data, tmp_path)
 
 @pytest.mark.slow
 def test_two_processes_match_one(built_model, data, tmp_path):
+    """DDP with torchrun and with accelerate launch: the weights of one process with the same global batch."""
     model_dir = built_model()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0"]
@@ -292,13 +293,29 @@ def test_two_processes_match_one(built_model, data, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = _torchrun(torchrun + _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "2")[1:], env)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The same with `accelerate launch` (its --multi_gpu launcher starts the processes; on CPUs they use gloo).
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port())]
+    result = _torchrun(launch + _cli_train(model_dir, data, tmp_path / "launched", *common, "--batch-size", "2")[1:], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
     one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
-    two = load_file(str(tmp_path / "two" / "adapter" / "trainable.safetensors"))
-    assert one.keys() == two.keys()
     base = dict(load_model(model_dir).named_parameters())
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6)
+    for run in ("two", "launched"):
+        two = load_file(str(tmp_path / run / "adapter" / "trainable.safetensors"))
+        assert one.keys() == two.keys()
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6)
     assert any(not torch.equal(one[name], base[name]) for name in one)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
