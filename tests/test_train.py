@@ -318,10 +318,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
+def _resume_from_step_2(run_dir, command, env):
+    """A crash after the step-2 checkpoint: a copy of the run with only what existed then, resumed with the same
+    command. Returns the resumed run's trained tensors."""
     import shutil
 
+    crashed = run_dir.with_name(run_dir.name + "-crashed")
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", crashed / "config.yaml")
+    shutil.copytree(run_dir / "checkpoints" / "step-00000002", crashed / "checkpoints" / "step-00000002")
+    result = _torchrun([a if a != str(run_dir) else str(crashed) for a in command] + ["--resume"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_file(str(crashed / "adapter" / "trainable.safetensors"))
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     model_dir = built_model()
     # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
     data = write_llava_data(tmp_path / "data", count=16, text_only=4)
@@ -340,15 +352,7 @@ def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
     for name in one:
         torch.testing.assert_close(sharded[name], one[name], rtol=0, atol=2e-6)
 
-    # A crash after the step-2 checkpoint: keep only what existed then, and resume with 2 processes.
-    crashed = tmp_path / "crashed"
-    (crashed / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "fsdp" / "config.yaml", crashed / "config.yaml")
-    shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step-00000002", crashed / "checkpoints" / "step-00000002")
-    resume_args = [a if a != str(tmp_path / "fsdp") else str(crashed) for a in sharded_args] + ["--resume"]
-    result = _torchrun(torchrun + resume_args, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
+    resumed = _resume_from_step_2(tmp_path / "fsdp", torchrun + sharded_args, env)
     for name in sharded:
         torch.testing.assert_close(resumed[name], sharded[name], rtol=0, atol=1e-7)
 
@@ -388,7 +392,6 @@ def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mod
     """DeepSpeed ZeRO on 2 CPU processes (gloo): the same weights as one process with the same global batch, and a
     resume from its partitioned checkpoint ends where the uninterrupted run did."""
     pytest.importorskip("deepspeed")
-    import shutil
 
     model_dir = built_model()
     # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
@@ -400,7 +403,7 @@ def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mod
                    timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     zero_args = _cli_train(model_dir, data, tmp_path / "zero", *common, "--batch-size", "1", "--grad-accum", "2",
-                           "--save-every", "2", "train.max_grad_norm=0.5", f"train.distributed={mode}")[1:]
+                           "--save-every", "2", "--max-grad-norm", "0.5", "--distributed", mode)[1:]
     result = _torchrun(torchrun + zero_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"with DeepSpeed ZeRO-{mode[-1]}" in result.stderr
@@ -418,15 +421,7 @@ def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mod
     checkpoint = tmp_path / "zero" / "checkpoints" / "step-00000002"
     assert (checkpoint / "deepspeed").is_dir() and not (checkpoint / "optimizer.pt").exists()
 
-    # A crash after the step-2 checkpoint: keep only what existed then, and resume with 2 processes.
-    crashed = tmp_path / "crashed"
-    (crashed / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "zero" / "config.yaml", crashed / "config.yaml")
-    shutil.copytree(checkpoint, crashed / "checkpoints" / checkpoint.name)
-    resume_args = [a if a != str(tmp_path / "zero") else str(crashed) for a in zero_args] + ["--resume"]
-    result = _torchrun(torchrun + resume_args, env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
+    resumed = _resume_from_step_2(tmp_path / "zero", torchrun + zero_args, env)
     for name in sharded:
         torch.testing.assert_close(resumed[name], sharded[name], rtol=0, atol=1e-7)
 
