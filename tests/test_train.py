@@ -386,6 +386,24 @@ def test_deepspeed_in_one_process_trains_like_the_plain_loop(built_model, data, 
         torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=2e-2 if torch.cuda.is_available() else 2e-6)
 
 
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_deepspeed_lora_with_gradient_checkpointing(built_model, data, tmp_path, mode):
+    """PEFT's LoRA layers and non-reentrant checkpointing inside the engine (ZeRO-3 gathers the partitioned weights
+    again for the recomputation): the same LoRA tensors as the plain loop, and the adapter loads."""
+    pytest.importorskip("deepspeed")
+    model_dir = built_model()
+    settings = dict(method="lora", lr=1e-2, gradient_checkpointing=True)
+    plain = train(run_config(model_dir, tmp_path / "plain", data, **settings), say=lambda m: None)
+    engine = train(run_config(model_dir, tmp_path / "engine", data, distributed=mode, **settings), say=lambda m: None)
+    ours, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (plain, engine))
+    assert ours.keys() == theirs.keys()
+    atol = 2e-2 if torch.cuda.is_available() else 2e-6
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=atol)
+    adapted = load_adapter(load_model(model_dir), engine / "adapter", model_dir)
+    assert not torch.allclose(_logits(adapted, image_inputs(model_dir)), _logits(load_model(model_dir), image_inputs(model_dir)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero2", "zero3"])
 def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mode):
