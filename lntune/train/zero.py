@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO stage 2 and 3 for many processes, driven through `deepspeed.initialize` directly.
+"""DeepSpeed ZeRO stage 2 and 3 (train.distributed=zero2|zero3), driven through `deepspeed.initialize` directly.
 
 Why not Accelerate's DeepSpeed plugin: Accelerate refuses it on a CPU-only machine (it silently falls back to DDP
 with `cpu=True`, and without it every process believes it is rank 0 of 1), so that path could not be tested where
@@ -69,33 +69,35 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
         _process_group_of_one()
     config = deepspeed_config(stage, train_config.batch_size, train_config.grad_accum, world,
                               train_config.max_grad_norm, precision)
-    # DeepSpeed reads LOCAL_RANK (its device; ZeRO-3 in every step), which only launchers set. Lent until shutdown():
-    # left set, it would make later runs in this process look like torchrun workers to Accelerate.
-    functional_linear = torch.nn.functional.linear  # ZeRO-3 replaces it process-wide: see shutdown()
-    lent = "LOCAL_RANK" not in os.environ
-    if lent:
-        os.environ["LOCAL_RANK"] = "0"
+    # What DeepSpeed changes in the process, to undo in shutdown() so that later runs in it (lntune compare,
+    # notebooks) compute exactly as they would alone. ZeRO-3 swaps torch.nn.functional.linear for its own, "which
+    # will persist unless manually reset" (seen on a GPU: a later plain run's bf16 weights differed in the last bit).
+    # LOCAL_RANK is lent: DeepSpeed reads it (its device; ZeRO-3 in every step), but only launchers set it, and left
+    # set it would make a later run look like a torchrun worker to Accelerate.
+    saved = (torch.nn.functional.linear, "LOCAL_RANK" in os.environ)
+    os.environ.setdefault("LOCAL_RANK", "0")
     try:
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                                config=config, dist_init_required=False)
     except BaseException:
-        if lent:
-            del os.environ["LOCAL_RANK"]
+        _undo(saved)
         raise
-    engine.lntune_lent_local_rank = lent
-    engine.lntune_functional_linear = functional_linear
+    engine.lntune_saved_process_state = saved
     return engine, optimizer, scheduler
 
 
+def _undo(saved) -> None:
+    functional_linear, had_local_rank = saved
+    torch.nn.functional.linear = functional_linear
+    if not had_local_rank:
+        os.environ.pop("LOCAL_RANK", None)
+
+
 def shutdown(engine) -> None:
-    """Release the engine and undo what DeepSpeed changed in the process, so that later runs in it (lntune compare,
-    notebooks) compute exactly as they would alone: ZeRO-3 swaps torch.nn.functional.linear for its own, "which will
-    persist unless manually reset" (seen on a GPU: a later plain run's bf16 weights differed in the last bit)."""
+    """Release the engine and undo DeepSpeed's process-wide changes (see initialize)."""
     if hasattr(engine, "destroy"):
         engine.destroy()
-    torch.nn.functional.linear = engine.lntune_functional_linear
-    if getattr(engine, "lntune_lent_local_rank", False):
-        os.environ.pop("LOCAL_RANK", None)
+    _undo(engine.lntune_saved_process_state)
 
 
 def numel(parameter) -> int:
