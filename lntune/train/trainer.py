@@ -113,7 +113,7 @@ def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     """Run `config`; returns the run directory. Rank 0 writes all files."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import set_seed
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     train_config, data_config = config.train, config.data
@@ -133,8 +133,6 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         cpu=multi_process and not torch.cuda.is_available(),
         # Under FSDP2 the shards' policy casts for compute, under DeepSpeed its bf16 mode; Accelerate's autocast stays off.
         mixed_precision="no" if sharded or zero_stage else precision,
-        # Text-only batches leave the connector without a gradient; DDP must be told to expect that.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=mixture.text_only() > 0)],
     )
     is_main = accelerator.is_main_process
     log = say if is_main else (lambda message: None)
@@ -185,11 +183,12 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                                accelerator.process_index, train_config.seed, total_steps, start_step)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=data_config.num_workers,
-        # Sharded modes: a process whose batch has no image would skip the vision encoder and connector, and its
-        # collectives (parameter gathers, gradient reductions) would fall out of step with the others'.
+        # Several processes: one whose micro-batch has no image would skip the vision encoder and connector, and
+        # its collectives (DDP's gradient buckets, FSDP2 / ZeRO gathers and reductions) would fall out of step with
+        # the others'. The placeholder row keeps them in step (and spares DDP find_unused_parameters' extra graph
+        # traversal in every step).
         collate_fn=partial(collate, pad_token_id=processor.tokenizer.pad_token_id,
-                           placeholder=dataset.vision_placeholder() if (sharded or zero_stage) and mixture.text_only()
-                           else None),
+                           placeholder=dataset.vision_placeholder() if world > 1 and mixture.text_only() else None),
         # Its own generator: creating the iterator must not draw from the global RNG that dropout uses,
         # or a resumed run (RNG restored, then a new iterator) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(train_config.seed),
