@@ -121,7 +121,7 @@ _TRAIN_FLAGS = {
     "scheduler": "train.scheduler", "precision": "train.precision", "gradient_checkpointing": "train.gradient_checkpointing",
     "seed": "train.seed", "save_every": "train.save_every", "keep_checkpoints": "train.keep_checkpoints",
     "save_merged": "train.save_merged", "log_every": "train.log_every", "grad_stats": "train.grad_stats",
-    "distributed": "train.distributed", "max_grad_norm": "train.max_grad_norm",
+    "distributed": "train.distributed", "max_grad_norm": "train.max_grad_norm", "deepspeed_config": "train.deepspeed_config",
 }
 
 
@@ -152,6 +152,8 @@ def _train_arguments(parser):
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
     parser.add_argument("--max-grad-norm", type=float, help="gradient clipping (0: off)")
     parser.add_argument("--distributed", help="with several processes: ddp (default), fsdp2, zero2 or zero3 (DeepSpeed)")
+    parser.add_argument("--deepspeed-config", metavar="JSON", help="zero2/zero3: DeepSpeed settings to merge in "
+                        "(e.g. zero_optimization.offload_optimizer)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
     parser.add_argument("--keep-checkpoints", type=int)

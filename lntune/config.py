@@ -179,6 +179,9 @@ class TrainConfig:
     distributed: str = "ddp"
     """How several processes (torchrun) share the work: ddp (replicas), fsdp2 (sharded parameters), or DeepSpeed
     zero2 (sharded optimizer state and gradients) / zero3 (and sharded parameters); the last two need deepspeed."""
+    deepspeed_config: str | None = None
+    """zero2/zero3 only: a DeepSpeed JSON merged into the config lntune writes, e.g. for
+    zero_optimization.offload_optimizer. Batch sizes, precision, clipping, stage, optimizer and scheduler stay lntune's."""
     save_merged: bool | None = None
     """Also write a full merged model/ (None: yes for pretrain, whose output the finetune stage starts from)."""
     grad_stats: bool = True
@@ -189,6 +192,9 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("distributed mode", self.distributed, DISTRIBUTED)
+        if self.deepspeed_config and self.distributed not in ("zero2", "zero3"):
+            raise LntuneError(f"deepspeed_config {self.deepspeed_config} needs distributed zero2 or zero3 "
+                              f"(got {self.distributed})")
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise LntuneError(f"{name} must be >= 1, got {getattr(self, name)}")

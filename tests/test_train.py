@@ -408,6 +408,37 @@ def test_deepspeed_lora_with_gradient_checkpointing(built_model, data, tmp_path,
     assert not torch.allclose(_logits(adapted, image_inputs(model_dir)), _logits(load_model(model_dir), image_inputs(model_dir)))
 
 
+def test_deepspeed_config_file_offloads_and_is_checked(built_model, data, tmp_path):
+    """A user's DeepSpeed JSON is merged in (here: the optimizer state offloaded to the CPU, which keeps lntune's
+    AdamW); keys lntune sets itself are refused before any work, unless "auto"."""
+    pytest.importorskip("deepspeed")
+    model_dir = built_model()
+    offload = tmp_path / "offload.json"
+    offload.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}},
+                                   "train_batch_size": "auto", "gradient_clipping": "auto"}))
+    settings = dict(lr=1e-2, max_grad_norm=0.5)
+    plain = train(run_config(model_dir, tmp_path / "plain", data, **settings), say=lambda m: None)
+    said = []
+    offloaded = train(run_config(model_dir, tmp_path / "offloaded", data, distributed="zero3",
+                                 deepspeed_config=str(offload), **settings), say=said.append)
+    assert any("ZeRO-3" in line for line in said)
+    ours, theirs = (load_file(str(run / "adapter" / "trainable.safetensors")) for run in (plain, offloaded))
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=2e-2 if torch.cuda.is_available() else 2e-6)
+
+    owned = tmp_path / "owned.json"
+    owned.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(LntuneError, match=r"owned.json: `bf16` is set by lntune .*--precision"):
+        train(run_config(model_dir, tmp_path / "owned", data, distributed="zero2", deepspeed_config=str(owned)))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"zero_optimization": {\n  "stage": 3,\n}')
+    with pytest.raises(LntuneError, match=r"broken.json: not valid JSON \(line 3"):
+        train(run_config(model_dir, tmp_path / "broken", data, distributed="zero2", deepspeed_config=str(broken)))
+    assert not (tmp_path / "owned").exists() and not (tmp_path / "broken").exists()  # refused before any work
+    with pytest.raises(LntuneError, match="needs distributed zero2 or zero3"):
+        TrainConfig(deepspeed_config=str(offload))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero2", "zero3"])
 def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mode):

@@ -123,7 +123,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     # DeepSpeed even for one process (e.g. to try a zero3 run on one GPU first); FSDP2 only with several.
     zero_stage = zero.STAGES.get(train_config.distributed)
     if zero_stage:
-        zero.require_deepspeed()  # before any work: a clear error if it is not installed
+        zero.require_deepspeed()  # before any work: clear errors if it is not installed or the config is wrong
+        deepspeed_extra = zero.read_user_config(train_config.deepspeed_config)
     precision = _precision(train_config.precision)
     if (sharded or zero_stage) and precision == "fp16":
         raise LntuneError(f"fp16 with {train_config.distributed} has no loss scaling here; use precision bf16 (or "
@@ -167,7 +168,7 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     engine = None  # the DeepSpeed engine under zero2/zero3: it then steps the optimizer and the schedule
     if zero_stage:
         engine, optimizer, scheduler = zero.initialize(model, optimizer, scheduler, zero_stage, train_config, world,
-                                                       precision)
+                                                       precision, deepspeed_extra)
         model = engine
     start_step, counters = 0, {"skipped": 0, "truncated": 0}
     if resume_from is not None:

@@ -12,7 +12,9 @@ parameters are partitioned, so reading a full tensor or gradient is a collective
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -31,9 +33,52 @@ def require_deepspeed():
     return deepspeed
 
 
+# Keys of a user's DeepSpeed JSON that lntune sets from its own settings, and where to set them instead.
+LNTUNE_OWNED = {
+    "train_batch_size": "--batch-size and --grad-accum", "train_micro_batch_size_per_gpu": "--batch-size",
+    "gradient_accumulation_steps": "--grad-accum", "gradient_clipping": "--max-grad-norm",
+    "bf16": "--precision", "fp16": "--precision (bf16 or fp32)", "optimizer": "--lr, --norm-lr, --weight-decay, ...",
+    "scheduler": "--scheduler and --warmup-ratio", "zero_optimization.stage": "--distributed zero2|zero3",
+}
+
+
+def read_user_config(path: str | None) -> dict:
+    """The user's DeepSpeed JSON (train.deepspeed_config), checked before any work. A key lntune owns is refused,
+    unless its value is "auto" (as in configs written for the HF Trainer), which is dropped."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LntuneError(f"deepspeed_config {path}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise LntuneError(f"deepspeed_config {path}: not valid JSON (line {error.lineno}, column {error.colno}: "
+                          f"{error.msg})") from None
+    if not isinstance(data, dict):
+        raise LntuneError(f"deepspeed_config {path}: expected a JSON object, got {type(data).__name__}")
+    for key, instead in LNTUNE_OWNED.items():
+        head, _, sub = key.partition(".")
+        holder = data.get(head) if sub else data
+        name = sub or head
+        if isinstance(holder, dict) and name in holder:
+            if holder[name] == "auto":
+                del holder[name]
+            else:
+                raise LntuneError(f"deepspeed_config {path}: `{key}` is set by lntune from its own settings "
+                                  f"({instead}); remove it from the file")
+    return data
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
 def deepspeed_config(stage: int, batch_size: int, grad_accum: int, world: int, max_grad_norm: float,
-                     precision: str) -> dict:
-    return {
+                     precision: str, extra: dict | None = None) -> dict:
+    return _merged({
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": batch_size * grad_accum * world,
@@ -42,9 +87,11 @@ def deepspeed_config(stage: int, batch_size: int, grad_accum: int, world: int, m
         "bf16": {"enabled": precision == "bf16"},
         # lntune's AdamW parameter groups (own learning rates, no decay on norms) are a plain torch optimizer.
         "zero_allow_untested_optimizer": True,
+        # Offloading (from a user's deepspeed_config) keeps lntune's torch AdamW rather than demanding DeepSpeedCPUAdam.
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # lntune logs its own metrics
         "wall_clock_breakdown": False,
-    }
+    }, extra or {})
 
 
 def _process_group_of_one() -> None:
@@ -60,7 +107,7 @@ def _process_group_of_one() -> None:
                                          init_method=f"tcp://127.0.0.1:{port}")
 
 
-def initialize(model, optimizer, scheduler, stage: int, train_config, world: int, precision: str):
+def initialize(model, optimizer, scheduler, stage: int, train_config, world: int, precision: str, extra: dict):
     """Wrap `model` in a DeepSpeed engine. Returns (engine, optimizer, scheduler); the engine steps both.
     With one process it makes a process group of one and keeps it for later runs in the process (DeepSpeed caches
     its groups: a new group would not replace them)."""
@@ -68,7 +115,7 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
     if not torch.distributed.is_initialized():
         _process_group_of_one()
     config = deepspeed_config(stage, train_config.batch_size, train_config.grad_accum, world,
-                              train_config.max_grad_norm, precision)
+                              train_config.max_grad_norm, precision, extra)
     # What DeepSpeed changes in the process, to undo in shutdown() so that later runs in it (lntune compare,
     # notebooks) compute exactly as they would alone. ZeRO-3 swaps torch.nn.functional.linear for its own, "which
     # will persist unless manually reset" (seen on a GPU: a later plain run's bf16 weights differed in the last bit).
