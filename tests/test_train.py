@@ -408,6 +408,17 @@ def test_deepspeed_lora_with_gradient_checkpointing(built_model, data, tmp_path,
     assert not torch.allclose(_logits(adapted, image_inputs(model_dir)), _logits(load_model(model_dir), image_inputs(model_dir)))
 
 
+def test_deepspeed_failure_midway_undoes_its_process_wide_changes(built_model, tmp_path):
+    pytest.importorskip("deepspeed")
+    path, images = write_llava_data(tmp_path / "data", count=8)
+    for image in images.iterdir():
+        image.write_bytes(b"not a png")  # the first batch fails to load, inside the training loop
+    linear = torch.nn.functional.linear
+    with pytest.raises(LntuneError, match="--skip-invalid"):
+        train(run_config(built_model(), tmp_path / "run", (path, images), distributed="zero3"), say=lambda m: None)
+    assert torch.nn.functional.linear is linear and "LOCAL_RANK" not in os.environ
+
+
 def test_deepspeed_config_file_offloads_and_is_checked(built_model, data, tmp_path):
     """A user's DeepSpeed JSON is merged in (here: the optimizer state offloaded to the CPU, which keeps lntune's
     AdamW); keys lntune sets itself are refused before any work, unless "auto"."""

@@ -287,6 +287,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             if train_config.save_every and step % train_config.save_every == 0 and step < total_steps:
                 save_checkpoint(accelerator, run_dir, step, plain_model, optimizer, scheduler,
                                 {"counters": counters}, train_config.keep_checkpoints, sharded, engine)
+    except BaseException:
+        if engine is not None:
+            zero.shutdown(engine)  # undo DeepSpeed's process-wide changes for later runs in this process
+        raise
     finally:
         progress.close()
         logger.close()
