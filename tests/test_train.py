@@ -194,8 +194,8 @@ def test_cli_yaml_config_and_overrides(built_model, data, tmp_path):
 
 
 def test_text_only_batch_gets_a_vision_placeholder_row(built_model, data):
-    """Sharded training runs the vision path in every step: a batch of text-only samples gets an extra row (a blank
-    image, nothing supervised) that leaves the text rows' logits as they were."""
+    """With several processes the vision path runs in every step: a batch of text-only samples gets an extra row (a
+    blank image, nothing supervised) that leaves the text rows' logits as they were."""
     from lntune.data.dataset import SupervisedDataset, collate
     from lntune.data.mixture import build_mixture
     from lntune.model.load import load_processor

@@ -61,10 +61,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
         raise LntuneError(f"{MAX_REPLACEMENTS} samples in a row were skipped; last: {skipped[-1]}")
 
     def vision_placeholder(self) -> Example:
-        """A row of image tokens for a blank image, nothing supervised. Sharded training (FSDP2, ZeRO) needs the
-        same collectives in every process, so a batch of text-only samples still runs the vision encoder and the
-        connector on this row; it adds no loss, so their gradient from it is exactly zero. (LLaVA does the same with
-        a blank image per text-only sample.)"""
+        """A row of image tokens for a blank image, nothing supervised. Training with several processes needs the
+        same collectives in every process (DDP's gradient buckets, FSDP2 / ZeRO gathers and reductions), so a batch
+        of text-only samples still runs the vision encoder and the connector, on this row; it adds no loss, so their
+        gradient from it is exactly zero. (LLaVA does the same with a blank image per text-only sample.)"""
         from PIL import Image
 
         blank = Image.new("RGB", (64, 64))
