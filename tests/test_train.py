@@ -19,6 +19,7 @@ from lntune.config import DataConfig, DataSource, MethodConfig, RunConfig, Train
 from lntune.errors import LntuneError
 from lntune.model.load import load_model
 from lntune.train.trainer import train
+from lntune.train.zero import free_local_port
 from tests.helpers import image_inputs, write_llava_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,7 +301,7 @@ def test_two_processes_match_one(built_model, tmp_path):
     # The same with `accelerate launch` (its --multi_gpu launcher starts the processes; on CPUs they use gloo).
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port())]
+              "--main_process_port", str(free_local_port())]
     result = _torchrun(launch + _cli_train(model_dir, data, tmp_path / "launched", *common, "--batch-size", "2")[1:], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stderr
@@ -312,14 +313,6 @@ def test_two_processes_match_one(built_model, tmp_path):
         for name in one:
             torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-6)
     assert any(not torch.equal(one[name], base[name]) for name in one)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _resume_from_step_2(run_dir, command, env):

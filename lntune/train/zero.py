@@ -94,13 +94,17 @@ def deepspeed_config(stage: int, batch_size: int, grad_accum: int, world: int, m
     }, extra or {})
 
 
-def _process_group_of_one() -> None:
-    """DeepSpeed needs a process group even for one process (plain `lntune train` without torchrun)."""
+def free_local_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _process_group_of_one() -> None:
+    """DeepSpeed needs a process group even for one process (plain `lntune train` without torchrun)."""
+    port = free_local_port()
     # A tcp:// address rather than environment variables, which would make later runs in this process (lntune
     # compare) look like torchrun workers.
     torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=0, world_size=1,
