@@ -115,6 +115,7 @@ _TRAIN_FLAGS = {
     "image_folder": "data.image_folder", "types": "data.types", "template": "data.template",
     "max_length": "data.max_length", "overlong": "data.overlong", "skip_invalid": "data.skip_invalid",
     "num_workers": "data.num_workers", "max_image_pixels": "data.max_image_pixels",
+    "image_placement": "data.image_placement", "image_aspect_ratio": "data.image_aspect_ratio",
     "stage": "train.stage", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
     "grad_accum": "train.grad_accum", "lr": "train.lr", "norm_lr": "train.norm_lr", "connector_lr": "train.connector_lr",
     "embedding_lr": "train.embedding_lr", "weight_decay": "train.weight_decay", "warmup_ratio": "train.warmup_ratio",
@@ -136,6 +137,9 @@ def _train_arguments(parser):
     parser.add_argument("--image-folder", help="folder the samples' image paths are relative to")
     parser.add_argument("--types", help="comma-separated sample types to keep (e.g. conversation)")
     parser.add_argument("--template", help="auto, vicuna_v1, llama_2, plain, tokenizer")
+    parser.add_argument("--image-placement", help="front (LLaVA: <image> first in its turn, default) or keep")
+    parser.add_argument("--image-aspect-ratio", help="pad (LLaVA-1.5 finetune), crop, or auto (default: crop in "
+                        "pretrain, pad in finetune)")
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--overlong", help="truncate or skip")
     parser.add_argument("--skip-invalid", action="store_true", default=None, help="skip and count bad samples")

@@ -89,6 +89,8 @@ class MethodConfig:
 
 
 OVERLONG_POLICIES = ("truncate", "skip")
+IMAGE_PLACEMENTS = ("front", "keep")
+IMAGE_ASPECT_RATIOS = ("auto", "pad", "crop")
 STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -123,6 +125,12 @@ class DataConfig:
     """Keep only samples whose type is one of these (the paper's data-type study)."""
     template: str = "auto"
     """Chat template: auto (the model's own; plain in stage pretrain), vicuna_v1, llama_2, plain, tokenizer."""
+    image_placement: str = "front"
+    """front: as LLaVA's preprocess_multimodal, `<image>` moves to the front of its turn (`<image>\\n` + stripped
+    text) in training, evaluation and chat alike; keep: leave it where the data puts it."""
+    image_aspect_ratio: str = "auto"
+    """pad: pad to a square with the processor's mean colour, then resize (LLaVA-1.5 finetuning and evaluation);
+    crop: the processor's own resize and centre crop; auto: crop in stage pretrain, pad in finetune (LLaVA-1.5)."""
     max_length: int = 2048
     """Longest sequence in tokens, image tokens included."""
     overlong: str = "truncate"
@@ -136,6 +144,8 @@ class DataConfig:
 
     def __post_init__(self):
         _check_choice("overlong policy", self.overlong, OVERLONG_POLICIES)
+        _check_choice("image_placement", self.image_placement, IMAGE_PLACEMENTS)
+        _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
         if self.max_length < 8:
             raise LntuneError(f"max_length must be >= 8, got {self.max_length}")
 
