@@ -35,7 +35,7 @@ def probe_llm(model_dir: str, scenes: int = 100) -> dict:
     """The text LLM answering questions and writing captions about scenes described in its prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lntune.data.chat import tokenize_conversation
+    from lntune.data.chat import PromptBuilder
     from lntune.demo.files import SCENE_PROMPT
     from lntune.demo.world import COLORS, SHAPES, caption, describe, make_scene, short_questions
 
@@ -43,6 +43,7 @@ def probe_llm(model_dir: str, scenes: int = 100) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     groups = {"colour": _word_ids(tokenizer, COLORS), "shape": _word_ids(tokenizer, SHAPES)}
     pool = [make_scene(9_000_000 + index) for index in range(scenes)]  # seeds no training set uses
+    builder = PromptBuilder(tokenizer, "tokenizer", image_placement="keep")
     results = {}
     for context in ("right", "wrong"):
         totals: dict[str, list[float]] = {}
@@ -54,7 +55,7 @@ def probe_llm(model_dir: str, scenes: int = 100) -> dict:
             for question, answer in pairs:
                 chat = [{"role": "user", "content": SCENE_PROMPT.format(description=describe(shown)) + question},
                         {"role": "assistant", "content": answer}]
-                sample = tokenize_conversation(tokenizer, tokenizer.chat_template, chat, "<image>", "probe")
+                sample = builder.encode(chat, "probe")
                 ids, labels = torch.tensor([sample.input_ids]), torch.tensor([sample.labels])
                 with torch.no_grad():
                     losses = _word_losses(model(input_ids=ids).logits, ids, labels, groups)

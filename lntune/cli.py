@@ -115,7 +115,7 @@ _TRAIN_FLAGS = {
     "image_folder": "data.image_folder", "types": "data.types", "template": "data.template",
     "max_length": "data.max_length", "overlong": "data.overlong", "skip_invalid": "data.skip_invalid",
     "num_workers": "data.num_workers", "max_image_pixels": "data.max_image_pixels",
-    "image_placement": "data.image_placement", "image_aspect_ratio": "data.image_aspect_ratio",
+    "image_placement": "data.image_placement", "system": "data.system", "image_aspect_ratio": "data.image_aspect_ratio",
     "stage": "train.stage", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
     "grad_accum": "train.grad_accum", "lr": "train.lr", "norm_lr": "train.norm_lr", "connector_lr": "train.connector_lr",
     "embedding_lr": "train.embedding_lr", "weight_decay": "train.weight_decay", "warmup_ratio": "train.warmup_ratio",
@@ -137,6 +137,7 @@ def _train_arguments(parser):
     parser.add_argument("--image-folder", help="folder the samples' image paths are relative to")
     parser.add_argument("--types", help="comma-separated sample types to keep (e.g. conversation)")
     parser.add_argument("--template", help="auto, vicuna_v1, llama_2, plain, tokenizer")
+    parser.add_argument("--system", help="system prompt for vicuna_v1 / llama_2 (default: LLaVA's, per template)")
     parser.add_argument("--image-placement", help="front (LLaVA: <image> first in its turn, default) or keep")
     parser.add_argument("--image-aspect-ratio", help="pad (LLaVA-1.5 finetune), crop, or auto (default: crop in "
                         "pretrain, pad in finetune)")
@@ -252,6 +253,7 @@ def _eval_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--mode", help="metric mode (see lntune score --help)")
     parser.add_argument("--template", default="auto", help="chat template (as in training)")
+    parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
 
 
 def _eval_run(args) -> int:
@@ -267,7 +269,7 @@ def _eval_run(args) -> int:
     if len(images) not in (1, len(args.bench)):
         raise LntuneError("give one --images for all benches, or one per --bench")
     images = images * len(args.bench) if len(images) == 1 else images
-    generator = load_generator(args.model, args.adapter, args.template)
+    generator = load_generator(args.model, args.adapter, args.template, system=args.system)
     out = Path(args.out)
     for bench, data, image_folder in zip(args.bench, args.data, images):
         evaluate_benchmark(
@@ -357,6 +359,7 @@ def _chat_arguments(parser):
     parser.add_argument("--image", help="an image file to talk about")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--template", default="auto")
+    parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
 
 
 def _chat_run(args) -> int:

@@ -125,6 +125,9 @@ class DataConfig:
     """Keep only samples whose type is one of these (the paper's data-type study)."""
     template: str = "auto"
     """Chat template: auto (the model's own; plain in stage pretrain), vicuna_v1, llama_2, plain, tokenizer."""
+    system: str | None = None
+    """System prompt for templates that have one (vicuna_v1, llama_2); None: the template's own (LLaVA's). A sample's
+    own system turn still wins."""
     image_placement: str = "front"
     """front: as LLaVA's preprocess_multimodal, `<image>` moves to the front of its turn (`<image>\\n` + stripped
     text) in training, evaluation and chat alike; keep: leave it where the data puts it."""

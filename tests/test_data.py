@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from lntune.config import DataConfig, DataSource
-from lntune.data.chat import IGNORE_INDEX, TEMPLATES, tokenize_conversation
+from lntune.data.chat import IGNORE_INDEX, TEMPLATES, PromptBuilder
 from lntune.data.dataset import SupervisedDataset, collate
 from lntune.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, to_rgb
 from lntune.data.mixture import build_mixture, parse_data_spec
@@ -143,7 +143,7 @@ MESSAGES = [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assis
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_only_assistant_tokens_are_supervised(name, built_model):
     tokenizer = load_processor(built_model()).tokenizer
-    sample = tokenize_conversation(tokenizer, TEMPLATES[name], MESSAGES, "<image>", "s")
+    sample = PromptBuilder(tokenizer, name).encode(MESSAGES, "s")
     supervised = tokenizer.decode([t for t, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX])
     eos = tokenizer.eos_token
     assert supervised.replace(" ", "") == f"Ared circle.{eos}Red{eos}".replace(" ", "")
@@ -157,7 +157,8 @@ def test_vicuna_v1_is_llavas_format(built_model):
     tokenizer = load_processor(built_model()).tokenizer
     text = tokenizer.apply_chat_template(MESSAGES, chat_template=TEMPLATES["vicuna_v1"], tokenize=False)
     assert text.endswith("USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>USER: Color? ASSISTANT: Red</s>")
-    assert text.startswith("A chat between a curious human")
+    assert text.startswith("A chat between a curious user and an artificial intelligence assistant. The assistant "
+                           "gives helpful, detailed, and polite answers to the user's questions. USER:")
 
 
 def test_mask_self_check_catches_a_broken_tokenizer(built_model):
@@ -174,7 +175,7 @@ def test_mask_self_check_catches_a_broken_tokenizer(built_model):
     tokenizer.__class__.__call__ = shifted_offsets
     try:
         with pytest.raises(LntuneError, match="sample 42.*self-check failed"):
-            tokenize_conversation(tokenizer, TEMPLATES["vicuna_v1"], MESSAGES, "<image>", "sample 42")
+            PromptBuilder(tokenizer, "vicuna_v1").encode(MESSAGES, "sample 42")
     finally:
         tokenizer.__class__.__call__ = real_call
 

@@ -67,7 +67,7 @@ def check_data(args) -> dict:
         "invalid_examples": invalid[:EXAMPLES],
         **{key: len(value) for key, value in problems.items()},
         **{f"{key}_examples": value[:EXAMPLES] for key, value in problems.items()},
-        "template": dataset.template_name if dataset else None,
+        "template": dataset.prompts.template_name if dataset else None,
         "token_lengths": {
             "min": min(lengths), "median": statistics.median(lengths), "max": max(lengths),
             "p95": sorted(lengths)[int(0.95 * (len(lengths) - 1))],

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lntune.config import DataConfig
-from lntune.data.chat import IGNORE_INDEX, resolve_template, tokenize_conversation
+from lntune.data.chat import IGNORE_INDEX, PromptBuilder
 from lntune.data.images import ImageError, load_image
 from lntune.data.mixture import Mixture
 from lntune.errors import LntuneError
@@ -44,7 +44,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.image_seq_length = image_seq_length
         self.config = config
-        self.template_name, self.template = resolve_template(config.template, self.tokenizer, stage)
+        self.prompts = PromptBuilder(self.tokenizer, config.template, stage, config.system, config.image_placement,
+                                     self.image_token)
 
     def __len__(self) -> int:
         return len(self.mixture)
@@ -74,17 +75,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def tokenize(self, record):
         """Token ids / labels with each <image> expanded to the image's token count."""
-        messages = [{"role": role, "content": text} for role, text in record.messages]
-        sample = tokenize_conversation(self.tokenizer, self.template, messages, self.image_token, record.where)
-        input_ids, labels = [], []
-        for token, label in zip(sample.input_ids, sample.labels):
-            if token == self.image_token_id:
-                input_ids.extend([token] * self.image_seq_length)
-                labels.extend([IGNORE_INDEX] * self.image_seq_length)
-            else:
-                input_ids.append(token)
-                labels.append(label)
-        return input_ids, labels
+        sample = self.prompts.encode(record.messages, record.where)
+        return self.prompts.expand_images(sample.input_ids, sample.labels, self.image_seq_length)
 
     def build(self, record) -> Example:
         input_ids, labels = self.tokenize(record)

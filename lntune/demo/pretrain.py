@@ -56,7 +56,7 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: in
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lntune.data.chat import IGNORE_INDEX, tokenize_conversation
+    from lntune.data.chat import IGNORE_INDEX, PromptBuilder
 
     records = json.loads(Path(corpus_file).read_text())
     messages = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
@@ -64,7 +64,8 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: in
     extra = ["Provide a one-sentence caption for the provided image.",
              "Answer the question using a single word or phrase. Please answer yes or no.", "<image>"]
     tokenizer = train_tokenizer([m["content"] for chat in messages for m in chat] + extra)
-    encoded = [tokenize_conversation(tokenizer, CHAT_TEMPLATE, chat, "<image>", f"{corpus_file}: {record['id']}")
+    builder = PromptBuilder(tokenizer, template_source=CHAT_TEMPLATE, image_placement="keep")
+    encoded = [builder.encode(chat, f"{corpus_file}: {record['id']}")
                for chat, record in zip(messages, records)]
     encoded.sort(key=lambda sample: len(sample.input_ids))
     torch.manual_seed(seed)

@@ -13,7 +13,7 @@ def chat(args) -> int:
     from lntune.errors import LntuneError
     from lntune.eval.runner import load_generator
 
-    generator = load_generator(args.model, args.adapter, args.template)
+    generator = load_generator(args.model, args.adapter, args.template, system=args.system)
     image = None
     if args.image:
         try:
@@ -34,10 +34,9 @@ def chat(args) -> int:
         if not text:
             break
         first = not history
-        prompt = generator.prompt(text, has_image=first and image is not None, history=history)
+        prompt = generator.prompt_ids(text, has_image=first and image is not None, history=history)
         print("model> ", end="", flush=True)
         # The image stays in the conversation (its placeholder is in the first turn), so every turn passes it.
         answer = generator.generate([prompt], [image], args.max_new_tokens, streamer=streamer)[0]
-        content = f"{generator.image_token}\n{text}" if first and image is not None else text
-        history += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+        history += [generator.prompts.user_turn(text, first and image is not None), {"role": "assistant", "content": answer}]
     return 0

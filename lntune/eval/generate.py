@@ -1,52 +1,57 @@
 """Greedy answers from an MLLM, batched with left padding; shared by `lntune eval` and `lntune chat`.
 
-Prompts go through the same chat template as training (lntune.data.chat) and the same BOS rule, so
-the model sees at evaluation exactly the token layout it was trained on.
+Prompts are token ids from the same PromptBuilder as training (lntune.data.chat): same template, same image
+placement, BOS as an id, image tokens expanded the same way. So the ids a question gets here equal the training
+ids of the same conversation up to the answer; the processor only turns images into pixel values.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lntune.data.chat import _bos_prefix, render, resolve_template
-
-IMAGE_PLACEHOLDER = "<image>"
+from lntune.data.chat import IMAGE_PLACEHOLDER, PromptBuilder
 
 
 class AnswerGenerator:
-    def __init__(self, model, processor, template: str = "auto"):
+    def __init__(self, model, processor, template: str = "auto", system: str | None = None):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.template_name, self.template = resolve_template(template, self.tokenizer, "finetune")
         self.image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
+        # Evaluation always puts the image first, as LLaVA's model_vqa_loader does.
+        self.prompts = PromptBuilder(self.tokenizer, template, "finetune", system, "front", self.image_token)
+        self.template_name = self.prompts.template_name
+        self.image_seq_length = model.config.image_seq_length
 
-    def prompt(self, text: str, has_image: bool, history: list[dict] | None = None) -> str:
-        """The rendered conversation up to the assistant's turn (BOS included when the tokenizer adds one)."""
-        content = f"{self.image_token}\n{text}" if has_image else text
-        rendered = render(self.tokenizer, self.template, list(history or []) + [{"role": "user", "content": content}],
-                          add_generation_prompt=True)
-        if _bos_prefix(self.tokenizer) and not rendered.startswith(self.tokenizer.bos_token):
-            rendered = self.tokenizer.bos_token + rendered
-        return rendered
+    def prompt_ids(self, text: str, has_image: bool, history: list[dict] | None = None) -> list[int]:
+        """The ids of the conversation up to the assistant's turn, image tokens expanded."""
+        turns = list(history or []) + [self.prompts.user_turn(text, has_image)]
+        return self.prompts.expand_images(self.prompts.encode_prompt(turns), None, self.image_seq_length)[0]
 
-    def inputs(self, prompts: list[str], images: list) -> dict:
-        self.tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    def inputs(self, prompts: list[list[int]], images: list) -> dict:
+        """Left-padded ids (generation continues from the right end of every row) and the images' pixel values."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        length = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), length), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, length - len(ids):] = torch.tensor(ids)
+            attention_mask[row, length - len(ids):] = 1
+        encoded = {"input_ids": input_ids, "attention_mask": attention_mask}
         present = [image for image in images if image is not None]
-        encoded = self.processor(images=present or None, text=prompts, return_tensors="pt", padding=True,
-                                 add_special_tokens=False)
+        if present:
+            pixel_values = self.processor.image_processor(images=present, return_tensors="pt")["pixel_values"]
+            encoded["pixel_values"] = pixel_values.to(self.model.dtype)
         return {key: value.to(self.model.device) for key, value in encoded.items()}
 
     @torch.no_grad()
     def answer(self, questions: list[str], images: list, max_new_tokens: int, streamer=None) -> list[str]:
-        prompts = [self.prompt(question, image is not None) for question, image in zip(questions, images)]
+        prompts = [self.prompt_ids(question, image is not None) for question, image in zip(questions, images)]
         return self.generate(prompts, images, max_new_tokens, streamer)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], images: list, max_new_tokens: int, streamer=None) -> list[str]:
+    def generate(self, prompts: list[list[int]], images: list, max_new_tokens: int, streamer=None) -> list[str]:
         inputs = self.inputs(prompts, images)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         output = self.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None,
             top_k=None, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,

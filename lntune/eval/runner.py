@@ -97,7 +97,7 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"benchmark": bench, "data": str(Path(data).resolve()), "limit": limit,
-                          "prompt": prompt or benchmark.default_prompt, "template": generator.template_name,
+                          "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
                           "max_new_tokens": max_new_tokens, **(extra_record or {})})
     predictions_path = out / PREDICTIONS
     done = {record["id"]: record["prediction"] for record in read_predictions(predictions_path)}
@@ -121,7 +121,7 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     metrics = benchmark.score(items, done, mode)
     record = {
         "benchmark": bench, "mode": mode, "items": len(items), "limit": limit,
-        "prompt": prompt or benchmark.default_prompt, "template": generator.template_name,
+        "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
         "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
         "generation_seconds": seconds, "items_per_second": len(todo) / seconds if todo and seconds else None,
         **(extra_record or {}), "metrics": metrics,
@@ -132,7 +132,8 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     return record
 
 
-def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto"):
+def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto",
+                   system: str | None = None):
     import torch
 
     from lntune.adapter import load_adapter
@@ -145,4 +146,4 @@ def load_generator(model_dir: str, adapter: str | None = None, template: str = "
         model = load_adapter(model, adapter, model_dir)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
-    return AnswerGenerator(model.to(device), load_processor(model_dir), template)
+    return AnswerGenerator(model.to(device), load_processor(model_dir), template, system)

@@ -63,7 +63,7 @@ def test_batched_and_unbatched_answers_agree(generator):
     assert batched == single
     # A random model may answer everything alike, so also compare what each row sees: the next-token
     # logits of every row in the left-padded batch equal those of the row alone (images in the right rows).
-    prompts = [generator.prompt(q, i is not None) for q, i in zip(questions, images)]
+    prompts = [generator.prompt_ids(q, i is not None) for q, i in zip(questions, images)]
     with torch.no_grad():
         together = generator.model(**generator.inputs(prompts, images)).logits[:, -1]
         alone = [generator.model(**generator.inputs([p], [i])).logits[0, -1] for p, i in zip(prompts, images)]
