@@ -57,3 +57,58 @@ def write_llava_data(root, count=16, text_only=0, types=("conversation", "detail
     else:
         path.write_text(json.dumps(records, indent=1))
     return path, images
+
+
+SENTENCEPIECE_TEXT = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions.",
+    "USER: What is on the table? ASSISTANT: A red apple. USER: And the colour of the cup? ASSISTANT: Blue.",
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language.",
+    "[INST] <<SYS>> Describe the image in detail. [/INST] The image shows a cat sitting on a mat, next to a dog.",
+    "Answer the question using a single word or phrase. Is there a dog in the image? Yes, there is. No.",
+    "Two  spaces, tabs\tand unicode: café, naïve, 東京, emoji-free text! Really? Yes... 42 and 7.",
+]
+
+
+def sentencepiece_model_bytes() -> bytes:
+    """A LLaMA-style SentencePiece BPE model (byte fallback, `▁` prefix, <unk>/<s>/</s> = 0/1/2), trained in about a
+    second on a fixed text: the same model every time."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCEPIECE_TEXT * 20), model_writer=model, vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, split_digits=True,
+        num_threads=1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def write_sentencepiece_tokenizer(folder, legacy: bool):
+    """A tokenizer folder as LLaMA / Vicuna ship it without tokenizer.json: tokenizer.model + tokenizer_config.json."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "legacy": legacy, "add_bos_token": True, "add_eos_token": False,
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+    }))
+    return folder
+
+
+def sentencepiece_tokenizer(folder, legacy: bool):
+    """The Llama tokenizer of a fresh SentencePiece folder, with the image token added as `lntune build` adds it."""
+    from transformers import AutoTokenizer
+
+    from lntune.model.build import add_special_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(str(write_sentencepiece_tokenizer(folder, legacy)), local_files_only=True)
+    add_special_tokens(tokenizer)
+    return tokenizer
