@@ -59,6 +59,25 @@ def _load_image_processor(vision_dir: Path, vision_config, say):
     return SiglipImageProcessor(size={"height": size, "width": size})
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken", "qwen.tiktoken")
+"""One of these makes a folder's tokenizer loadable: a fast tokenizer, a SentencePiece model (LLaMA, Vicuna), a BPE
+vocabulary (GPT-2 style, with merges.txt) or a tiktoken file."""
+
+
+def load_llm_tokenizer(llm_dir: Path, trust_remote_code: bool = False):
+    """The LLM's tokenizer; a folder without one, or one that cannot be read, is an error naming the folder."""
+    from transformers import AutoTokenizer
+
+    if llm_dir.is_dir() and not any((llm_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise LntuneError(f"{llm_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files "
+                          "of the model into the folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(llm_dir), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as error:
+        reason = " ".join(str(error).split())  # transformers' messages span several lines
+        raise LntuneError(f"cannot load the tokenizer from {llm_dir}: {reason}") from None
+
+
 def _load_vision_model(vision_dir: Path, vision_config, dtype):
     from transformers import CLIPVisionModel, SiglipVisionModel
 
@@ -78,7 +97,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 
 def build_mllm(config: BuildConfig, say=print) -> Path:
     """Build the MLLM that `config` describes and save it to `config.out`. Returns the output path."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaProcessor
+    from transformers import AutoModelForCausalLM, LlavaProcessor
 
     start = time.monotonic()
     llm_dir = require_weights(config.llm, "LLM")
@@ -88,12 +107,7 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     out = Path(config.out).expanduser()
     staging = _prepare_output(out, config.overwrite)
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(llm_dir), local_files_only=True, trust_remote_code=config.trust_remote_code
-        )
-    except (OSError, ValueError) as error:
-        raise LntuneError(f"cannot load the tokenizer from {llm_dir}: {error}") from None
+    tokenizer = load_llm_tokenizer(llm_dir, config.trust_remote_code)
     added_tokens = add_special_tokens(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
