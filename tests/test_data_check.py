@@ -12,7 +12,7 @@ def test_clean_data_reports_ok(built_model, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["ok"]
     assert report["by_type"] == {"conversation": 4, "detail": 4, "text": 2}
-    assert report["text_only"] == 2 and report["template"] == "tokenizer"
+    assert report["text_only"] == 2 and report["template"] == "vicuna_v1"  # the template lntune build stamped
     assert report["token_lengths"]["min"] > 16  # image samples count their 16 expanded image tokens
     assert sum(report["length_histogram"].values()) == 10
 

@@ -78,7 +78,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
         sample = self.prompts.encode(record.messages, record.where)
         return self.prompts.expand_images(sample.input_ids, sample.labels, self.image_seq_length)
 
-    def build(self, record) -> Example:
+    def tokens(self, record) -> tuple[list[int], list[int], bool]:
+        """The training view of a record's text: ids and labels, image tokens expanded, the over-length policy
+        applied (SkipSample when it drops the sample). `lntune data show` prints exactly this."""
         input_ids, labels = self.tokenize(record)
         truncated = False
         if len(input_ids) > self.config.max_length:
@@ -91,6 +93,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
             truncated = True
             if all(label == IGNORE_INDEX for label in labels):
                 raise SkipSample(f"{record.where}: nothing supervised left after truncation to {self.config.max_length}")
+        return input_ids, labels, truncated
+
+    def build(self, record) -> Example:
+        input_ids, labels, truncated = self.tokens(record)
         pixel_values = None
         if record.image:
             if self.config.image_folder is None:

@@ -12,21 +12,32 @@ import torch
 from lntune.data.chat import IMAGE_PLACEHOLDER, PromptBuilder
 
 
+class GenerationPrompts:
+    """Question (+ history) -> the ids generation receives; what `lntune data show --bench` prints, with no model."""
+
+    def __init__(self, processor, image_seq_length: int, template: str = "auto", system: str | None = None):
+        image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
+        # Evaluation always puts the image first, as LLaVA's model_vqa_loader does.
+        self.builder = PromptBuilder(processor.tokenizer, template, "finetune", system, "front", image_token)
+        self.image_seq_length = image_seq_length
+
+    def ids(self, text: str, has_image: bool, history: list[dict] | None = None) -> list[int]:
+        """The ids of the conversation up to the assistant's turn, image tokens expanded."""
+        turns = list(history or []) + [self.builder.user_turn(text, has_image)]
+        return self.builder.expand_images(self.builder.encode_prompt(turns), None, self.image_seq_length)[0]
+
+
 class AnswerGenerator:
     def __init__(self, model, processor, template: str = "auto", system: str | None = None):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
-        # Evaluation always puts the image first, as LLaVA's model_vqa_loader does.
-        self.prompts = PromptBuilder(self.tokenizer, template, "finetune", system, "front", self.image_token)
+        self.questions = GenerationPrompts(processor, model.config.image_seq_length, template, system)
+        self.prompts = self.questions.builder
         self.template_name = self.prompts.template_name
-        self.image_seq_length = model.config.image_seq_length
 
     def prompt_ids(self, text: str, has_image: bool, history: list[dict] | None = None) -> list[int]:
-        """The ids of the conversation up to the assistant's turn, image tokens expanded."""
-        turns = list(history or []) + [self.prompts.user_turn(text, has_image)]
-        return self.prompts.expand_images(self.prompts.encode_prompt(turns), None, self.image_seq_length)[0]
+        return self.questions.ids(text, has_image, history)
 
     def inputs(self, prompts: list[list[int]], images: list) -> dict:
         """Left-padded ids (generation continues from the right end of every row) and the images' pixel values."""
