@@ -86,7 +86,7 @@ def vqav2(annotations: Path, results: Path, mode: str) -> dict:
 def pope(labels: Path, answers: Path, mode: str) -> dict:
     """Answers ({question_id, text} lines) against coco_pope_<split>.json, or against LLaVA's llava_pope_test.jsonl
     (whose labels are paired from coco_pope_<category>.json; scored per category and averaged, as `lntune eval`)."""
-    from lntune.eval.benchmarks.pope import POPE, is_llava_file, read_labelled, read_llava_questions
+    from lntune.eval.benchmarks.pope import SCORING_KEYS, POPE, is_llava_file, read_labelled, read_llava_questions
     from lntune.eval.metrics.pope import score_pope
 
     records = read_numbered_json_lines(labels, "POPE labels")
@@ -94,7 +94,7 @@ def pope(labels: Path, answers: Path, mode: str) -> dict:
         truth = {record["question_id"]: (category, record["label"])
                  for category, _, record in read_llava_questions(labels, records)}
     else:
-        truth = {record["question_id"]: (None, record["label"]) for _, record in read_labelled(labels, records)}
+        truth = {record["question_id"]: (None, record["label"]) for _, record in read_labelled(labels, SCORING_KEYS, records)}
     pairs, places = [], []
     for number, record in read_numbered_json_lines(answers, "POPE answers"):
         where = f"{answers}: line {number}"

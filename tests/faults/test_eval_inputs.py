@@ -216,3 +216,14 @@ def test_scoring_never_rewrites_a_predictions_file_cut_off_mid_write(capsys, tmp
     predictions.write_text(_prediction("random/1", "yes") + _prediction("random/2", "no")[:30])
     err = fails_with_one_line(capsys, tmp_path, "score", "pope", "--predictions", predictions)
     assert f"{predictions}:2: the last line is cut off" in err
+
+
+def test_scoring_needs_only_the_fields_it_reads(capsys, tmp_path):
+    """No false alarm: a label file with just question_id and label is enough to score answers."""
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"question_id": qid, "label": label}) + "\n"
+                              for qid, label in ((1, "yes"), (2, "no"))))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": qid, "text": "yes"}) + "\n" for qid in (1, 2)))
+    assert main(["score", "pope", "--labels", str(labels), "--answers", str(answers), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 0.5

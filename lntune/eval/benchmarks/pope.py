@@ -20,7 +20,10 @@ from lntune.eval.benchmarks.base import (
 from lntune.eval.metrics import pope as metric
 
 SPLITS = ("random", "popular", "adversarial")
-LABELLED_KEYS = {"question_id": (int, str), "image": str, "text": str, "label": str}
+# What each use of a labelled record reads: asking the question, pairing it with a LLaVA question, scoring.
+QUESTION_KEYS = {"question_id": (int, str), "image": str, "text": str, "label": str}
+PAIRING_KEYS = {"image": str, "label": str}
+SCORING_KEYS = {"question_id": (int, str), "label": str}
 LLAVA_KEYS = {"question_id": (int, str), "image": str, "text": str, "category": str}
 _OBJECT = re.compile(r"^\s*Is there an? (.+?) in the image\?")
 
@@ -44,12 +47,12 @@ def label_file_for(questions: Path, category: str) -> Path:
     raise LntuneError(f"{questions}: no labels for category {category!r}; looked for {' and '.join(map(str, candidates))}")
 
 
-def read_labelled(path: Path, records: list[tuple[int, dict]] | None = None) -> list[tuple[int, dict]]:
-    """(line number, record) of an official coco_pope_<split>.json, every record checked."""
+def read_labelled(path: Path, keys: dict, records: list[tuple[int, dict]] | None = None) -> list[tuple[int, dict]]:
+    """(line number, record) of an official coco_pope_<split>.json, every record checked for `keys`."""
     records = read_numbered_json_lines(path, "POPE label file") if records is None else records
     for number, record in records:
         where = f"{path}: line {number}"
-        require_keys(record, LABELLED_KEYS, where)
+        require_keys(record, keys, where)
         if record["label"] not in ("yes", "no"):
             raise LntuneError(f"{where}: label must be yes or no, got {record['label']!r}")
     return records
@@ -69,7 +72,7 @@ def read_llava_questions(path: Path, records: list[tuple[int, dict]]) -> list[tu
     labelled = []
     for category, questions in by_category.items():
         label_file = label_file_for(path, category)
-        labels = read_labelled(label_file)
+        labels = read_labelled(label_file, PAIRING_KEYS)
         for (number, question), (label_number, label) in zip(questions, labels):
             difference = _difference(question, label)
             if difference:
@@ -94,7 +97,9 @@ def _difference(question: dict, label: dict) -> str | None:
     """Why a LLaVA question and an official label record are not the same question, or None."""
     if Path(question["image"]).name != Path(label["image"]).name:
         return f"image {question['image']} vs {label['image']}"
-    asked, labelled = _OBJECT.match(without_short_answer(question["text"])), _OBJECT.match(label["text"])
+    label_text = label.get("text")
+    asked = _OBJECT.match(without_short_answer(question["text"]))
+    labelled = _OBJECT.match(label_text) if isinstance(label_text, str) else None
     if asked and labelled and asked.group(1) != labelled.group(1):
         return f"object {asked.group(1)!r} vs {labelled.group(1)!r}"
     return None
@@ -108,7 +113,7 @@ def read_pope(data: Path) -> list[tuple[str, str, dict]]:
         if is_llava_file(records):
             questions += read_llava_questions(path, records)
             continue
-        for number, record in read_labelled(path, records):
+        for number, record in read_labelled(path, QUESTION_KEYS, records):
             questions.append((record.get("category", split), f"{path}: line {number}", record))
     return questions
 
