@@ -67,13 +67,38 @@ def write_karpathy(root: Path, flavour: str = "coco", count: int = 4) -> tuple[P
     return path, root / "images"
 
 
-def write_pope(root: Path, count: int = 4) -> tuple[Path, Path]:
-    for split in ("random", "popular", "adversarial"):
+POPE_OBJECTS = ("dog", "umbrella", "car", "apple", "person")
+
+
+def write_pope(root: Path, count: int = 4, images: Path | None = None) -> tuple[Path, Path]:
+    """coco_pope_{random,popular,adversarial}.json in root; each split asks about other objects of the images."""
+    images = images or root / "images"
+    for offset, split in enumerate(("random", "popular", "adversarial")):
         lines = []
         for index in range(count):
             name = f"COCO_val2014_{index:012d}.jpg"
-            _image(root / "images" / name, index)
-            lines.append({"question_id": index + 1, "image": name, "text": "Is there a dog in the image?",
-                          "label": "yes" if index % 2 else "no"})
+            _image(images / name, index)
+            thing = POPE_OBJECTS[(index + offset) % len(POPE_OBJECTS)]
+            lines.append({"question_id": index + 1, "image": name, "text": f"Is there a{'n' * (thing[0] in 'aeiou')} "
+                          f"{thing} in the image?", "label": "yes" if index % 2 else "no"})
+        root.mkdir(parents=True, exist_ok=True)
         (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return root, root / "images"
+    return root, images
+
+
+LLAVA_POPE_ORDER = ("adversarial", "popular", "random")
+
+
+def write_llava_pope(root: Path, count: int = 4) -> tuple[Path, Path, Path]:
+    """LLaVA's layout: pope/llava_pope_test.jsonl (three categories, renumbered ids, the short-answer suffix, no
+    labels) beside pope/coco/coco_pope_<category>.json. Returns (question file, label folder, image folder)."""
+    labels, images = write_pope(root / "coco", count, images=root / "val2014")
+    lines = []
+    for number, category in enumerate(LLAVA_POPE_ORDER, start=1):
+        for index, record in enumerate(map(json.loads, (labels / f"coco_pope_{category}.json").read_text().splitlines())):
+            lines.append({"question_id": number * 10_000_000 + index + 1, "image": record["image"],
+                          "text": record["text"] + "\nAnswer the question using a single word or phrase.",
+                          "category": category})
+    questions = root / "llava_pope_test.jsonl"
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return questions, labels, images

@@ -6,7 +6,8 @@ import pytest
 
 from lntune.errors import LntuneError
 from lntune.eval.benchmarks import BENCHMARKS, get_benchmark
-from tests.eval.fixtures import write_karpathy, write_mme, write_pope, write_vqav2
+from lntune.eval.benchmarks.base import SHORT_ANSWER
+from tests.eval.fixtures import LLAVA_POPE_ORDER, write_karpathy, write_llava_pope, write_mme, write_pope, write_vqav2
 
 
 def test_mme_both_layouts_and_the_extra_level(tmp_path):
@@ -121,4 +122,98 @@ def test_llava_mme_jsonl_takes_answers_from_the_mme_folder(tmp_path):
     (tmp_path / "llava_mme.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     items = get_benchmark("mme").load(tmp_path / "llava_mme.jsonl", release, None)
     assert [item.reference["answer"] for item in items] == ["No", "Yes"]
+    assert [item.prompt for item in items] == [line["text"] for line in lines]  # the suffix once, as LLaVA asks
     assert items[1].image == release / "OCR" / "images" / "001.png"
+
+
+def test_the_short_answer_instruction_is_added_once():
+    from lntune.eval.benchmarks.base import fill_prompt
+
+    template = get_benchmark("pope").default_prompt
+    assert fill_prompt(template, "Is there a dog?") == "Is there a dog?" + SHORT_ANSWER
+    assert fill_prompt(template, "Is there a dog?" + SHORT_ANSWER) == "Is there a dog?" + SHORT_ANSWER
+    # A template of the user's own gets the question exactly as the file has it.
+    assert fill_prompt("Q: {question}", "Is there a dog?" + SHORT_ANSWER) == "Q: Is there a dog?" + SHORT_ANSWER
+
+
+def _split_positions(items):
+    """(split, position within the split) of each item, in item order."""
+    seen = {}
+    positions = []
+    for item in items:
+        split = item.reference["split"]
+        positions.append((split, seen.get(split, 0)))
+        seen[split] = seen.get(split, 0) + 1
+    return positions
+
+
+POPE_ANSWERS = ["Yes", "No, there is not.", "NO", "yes.", "no", "There is a dog"]
+
+
+def _pope_predictions(items):
+    """The same answer for the same (split, position) whatever the file: a different pattern in each split."""
+    shift = {"random": 0, "popular": 1, "adversarial": 3}
+    return {item.id: POPE_ANSWERS[(3 * position + shift[split]) % len(POPE_ANSWERS)]
+            for item, (split, position) in zip(items, _split_positions(items))}
+
+
+def test_llava_pope_file_scores_exactly_as_the_official_files(tmp_path):
+    questions, labels, images = write_llava_pope(tmp_path / "pope", count=6)
+    pope = get_benchmark("pope")
+    official = pope.load(labels, images, None)
+    llava = pope.load(questions, images, None)
+    assert [item.id for item in llava[:2]] == ["adversarial/10000001", "adversarial/10000002"]
+    assert [item.reference["split"] for item in llava[::6]] == list(LLAVA_POPE_ORDER)
+    by_position = dict(zip(_split_positions(official), official))
+    for item, place in zip(llava, _split_positions(llava)):
+        twin = by_position[place]
+        assert (item.prompt, item.image, item.reference) == (twin.prompt, twin.image, twin.reference)
+        assert item.prompt.count(SHORT_ANSWER) == 1 and item.prompt.endswith("in the image?" + SHORT_ANSWER)
+    for mode in pope.modes:
+        expected = pope.score(official, _pope_predictions(official), mode)
+        assert pope.score(llava, _pope_predictions(llava), mode) == expected
+    assert len({round(split["accuracy"], 6) for split in expected["splits"].values()}) > 1  # the splits differ
+
+
+def test_llava_pope_labels_may_also_lie_beside_the_question_file(tmp_path):
+    questions, labels, images = write_llava_pope(tmp_path / "pope", count=2)
+    for label_file in labels.glob("coco_pope_*.json"):
+        label_file.rename(questions.parent / label_file.name)
+    assert len(get_benchmark("pope").load(questions, images, None)) == 6
+    (questions.parent / "coco_pope_random.json").unlink()
+    with pytest.raises(LntuneError, match="no labels for category 'random'; looked for .*coco_pope_random.json"):
+        get_benchmark("pope").load(questions, images, None)
+
+
+def test_llava_pope_pairs_that_disagree_name_both_lines(tmp_path):
+    questions, labels, images = write_llava_pope(tmp_path / "pope", count=4)
+    popular = labels / "coco_pope_popular.json"
+    lines = popular.read_text().splitlines()
+    popular.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")  # another order
+    with pytest.raises(LntuneError) as error:
+        get_benchmark("pope").load(questions, images, None)
+    # popular is the second category: its questions start on line 5 of the LLaVA file
+    assert f"{questions}:6 and {popular}:2 are not the same question (image" in str(error.value)
+    same_image_other_object = json.loads(lines[1]) | {"text": "Is there a giraffe in the image?"}
+    popular.write_text("\n".join([lines[0], json.dumps(same_image_other_object), lines[2], lines[3]]) + "\n")
+    with pytest.raises(LntuneError, match=r":6 and .*coco_pope_popular.json:2 .*object 'car' vs 'giraffe'"):
+        get_benchmark("pope").load(questions, images, None)
+    popular.write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(LntuneError, match=r"has 4 popular questions but .*coco_pope_popular.json has 3 labels "
+                                          r"\(the first one without a partner: .*llava_pope_test.jsonl:8\)"):
+        get_benchmark("pope").load(questions, images, None)
+
+
+def test_vqav2_takes_llava_question_files_with_the_annotations(tmp_path):
+    questions, images = write_vqav2(tmp_path, count=3)
+    official = get_benchmark("vqav2").load(questions, images, None)
+    lines = [{"question_id": int(item.id), "image": item.image.name, "category": "default",
+              "text": "What color is it?" + SHORT_ANSWER} for item in official]
+    llava_file = tmp_path / "llava_vqav2_mscoco_val2014.jsonl"
+    llava_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    annotations = tmp_path / "v2_mscoco_val2014_annotations.json"
+    llava = get_benchmark("vqav2", annotations=annotations).load(llava_file, images, None)
+    assert [(i.id, i.image, i.prompt, i.reference) for i in llava] == [(i.id, i.image, i.prompt, i.reference) for i in official]
+    assert all(item.prompt.count(SHORT_ANSWER) == 1 for item in llava)
+    with pytest.raises(LntuneError, match="holds no answers; pass --annotations"):
+        get_benchmark("vqav2").load(llava_file, images, None)

@@ -6,7 +6,7 @@ import pytest
 
 from lntune.cli import main
 from lntune.eval.runner import evaluate_benchmark, load_generator, read_predictions
-from tests.eval.fixtures import write_karpathy, write_mme, write_pope, write_vqav2
+from tests.eval.fixtures import write_karpathy, write_llava_pope, write_mme, write_pope, write_vqav2
 from tests.helpers import make_image
 
 
@@ -161,3 +161,24 @@ def test_chat_one_shot_streams(built_model, tmp_path, capsys):
     assert main(["chat", "--model", str(built_model()), "--image", str(tmp_path / "picture.png"),
                  "--max-new-tokens", "5", "What is this?"]) == 0
     assert capsys.readouterr().out.strip() != ""
+
+
+def test_score_pope_answers_to_llava_question_file(tmp_path, capsys):
+    """LLaVA's own answers (renumbered question_ids) score per category, as the official files' answers do."""
+    questions, labels, _ = write_llava_pope(tmp_path / "pope", count=4)
+    texts = ["No", "Yes", "Yes.", "NO", "no", "yes"]
+    llava_answers, by_split = [], {}
+    for position, question in enumerate(map(json.loads, questions.read_text().splitlines())):
+        text = texts[position % len(texts)]
+        llava_answers.append({"question_id": question["question_id"], "text": text})
+        by_split.setdefault(question["category"], []).append(text)
+    (tmp_path / "llava_answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in llava_answers))
+    assert main(["score", "pope", "--labels", str(questions), "--answers", str(tmp_path / "llava_answers.jsonl"),
+                 "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for split, split_texts in by_split.items():
+        answers = [{"question_id": number, "text": text} for number, text in enumerate(split_texts, start=1)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+        assert main(["score", "pope", "--labels", str(labels / f"coco_pope_{split}.json"), "--answers",
+                     str(tmp_path / f"{split}.jsonl"), "--json"]) == 0
+        assert metrics["splits"][split] == json.loads(capsys.readouterr().out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import EvalItem, find_image, read_json
+from lntune.eval.benchmarks.base import EvalItem, find_image, read_json, require_keys, require_list
 from lntune.eval.metrics import captions as metric
 
 
@@ -15,21 +15,24 @@ def read_references(path: Path, split: str = "test") -> dict[str, dict]:
     entries = {}
     if isinstance(data, dict) and "images" in data and "annotations" not in data:
         # Karpathy: dataset_coco.json / dataset_flickr30k.json
-        for number, image in enumerate(data["images"]):
+        for number, image in enumerate(require_list(data["images"], f"{path}: images")):
+            where = f"{path}: images[{number}]"
+            require_keys(image, {"filename": str, "sentences": list}, where)
             if image.get("split") != split:
                 continue
-            if "filename" not in image or "sentences" not in image:
-                raise LntuneError(f"{path}: images[{number}] lacks filename or sentences (not a Karpathy file?)")
+            for position, sentence in enumerate(image["sentences"]):
+                require_keys(sentence, {"raw": str}, f"{where}.sentences[{position}]")
             image_id = str(image.get("cocoid", image.get("imgid", image["filename"])))
             relative = [f"{image['filepath']}/{image['filename']}"] if image.get("filepath") else []
             entries[image_id] = {"image": relative + [image["filename"]],
                                  "references": [sentence["raw"] for sentence in image["sentences"]]}
     elif isinstance(data, dict) and "annotations" in data:
         # COCO format: captions_<split>.json
+        for number, image in enumerate(require_list(data.get("images", []), f"{path}: images")):
+            require_keys(image, {"id": (int, str), "file_name": str}, f"{path}: images[{number}]")
         names = {image["id"]: image["file_name"] for image in data.get("images", [])}
-        for number, annotation in enumerate(data["annotations"]):
-            if "image_id" not in annotation or "caption" not in annotation:
-                raise LntuneError(f"{path}: annotations[{number}] lacks image_id or caption")
+        for number, annotation in enumerate(require_list(data["annotations"], f"{path}: annotations")):
+            require_keys(annotation, {"image_id": (int, str), "caption": str}, f"{path}: annotations[{number}]")
             image_id = str(annotation["image_id"])
             name = names.get(annotation["image_id"], f"{annotation['image_id']}.jpg")
             entry = entries.setdefault(image_id, {"image": [name], "references": []})
@@ -37,9 +40,14 @@ def read_references(path: Path, split: str = "test") -> dict[str, dict]:
     elif isinstance(data, list):
         # BLIP: coco_karpathy_test.json = [{"image": "val2014/...jpg", "caption": [..]}]
         for number, record in enumerate(data):
-            if "image" not in record or "caption" not in record:
-                raise LntuneError(f"{path}: item {number} lacks image or caption (not a BLIP caption file?)")
+            where = f"{path}: [{number}]"
+            require_keys(record, {"image": str, "caption": (list, str)}, where)
             captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
+            for position, caption in enumerate(captions):
+                if not isinstance(caption, str):
+                    raise LntuneError(f"{where}.caption[{position}]: must be a string, got {caption!r:.40}")
+            if Path(record["image"]).stem in entries:
+                raise LntuneError(f"{where}: image {record['image']} again; list each image once with all its captions")
             entries[Path(record["image"]).stem] = {"image": [record["image"], Path(record["image"]).name],
                                                    "references": captions}
     else:

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import SHORT_ANSWER, EvalItem, read_json_lines, require_keys
+from lntune.eval.benchmarks.base import (
+    SHORT_ANSWER, EvalItem, fill_prompt, read_numbered_json_lines, read_text, require_keys, without_short_answer,
+)
 from lntune.eval.metrics import mme as metric
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
@@ -52,7 +54,7 @@ class MME:
                 for index, (question, answer) in enumerate(_read_pairs(text_file)):
                     items.append(EvalItem(
                         id=f"{folder.name}/{image.name}/{index}", image=image,
-                        prompt=template.format(question=_YES_NO_SUFFIX.sub("", question)),
+                        prompt=fill_prompt(template, _YES_NO_SUFFIX.sub("", question)),
                         reference={"subtask": folder.name, "image": image.name, "question": question, "answer": answer},
                     ))
         return items
@@ -69,20 +71,24 @@ class MME:
                 for question, answer in _read_pairs(text_file):
                     answers[(folder.name, text_file.stem, question.strip())] = answer
         items = []
-        for number, record in enumerate(read_json_lines(data, "MME questions"), start=1):
-            require_keys(record, ("question_id", "image", "text", "category"), f"{data}: line {number}")
+        records = read_numbered_json_lines(data, "MME questions")
+        for number, record in records:
+            require_keys(record, {"question_id": (int, str), "image": str, "text": str, "category": str},
+                         f"{data}: line {number}")
+        for number, record in records:
             category, image_name = record["category"], Path(record["image"]).name
-            question = record["text"].split("\n")[0]
+            # LLaVA's text is the question (its " Please answer yes or no." already replaced) + SHORT_ANSWER.
+            question = without_short_answer(record["text"])
             key = (category, Path(image_name).stem, question.strip())
             if key not in answers:
                 key = next((k for k in answers if k[:2] == key[:2] and _YES_NO_SUFFIX.sub("", k[2]) == _YES_NO_SUFFIX.sub("", question)), None)
             if key is None:
-                raise LntuneError(f"{data}: question {record.get('question_id')} has no answer in {root}")
+                raise LntuneError(f"{data}: line {number}: question {record['question_id']} has no answer in {root}")
             image_folder = root / category
             image = image_folder / "images" / image_name if (image_folder / "images").is_dir() else image_folder / image_name
             items.append(EvalItem(
                 id=f"{category}/{image_name}/{record['question_id']}", image=image,
-                prompt=template.format(question=_YES_NO_SUFFIX.sub("", question)),
+                prompt=fill_prompt(template, _YES_NO_SUFFIX.sub("", question)),
                 reference={"subtask": category, "image": image_name, "question": question, "answer": answers[key]},
             ))
         return items
@@ -98,7 +104,7 @@ def _is_subtask(folder: Path) -> bool:
 
 def _read_pairs(text_file: Path) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(text_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(text_file, "MME question file").split("\n"), start=1):
         if not line.strip():
             continue
         question, tab, answer = line.rpartition("\t")
