@@ -10,8 +10,10 @@ exactly the pixels it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 from lntune.errors import LntuneError
@@ -79,6 +81,25 @@ def to_rgb(image):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+_PIL_GUARD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _header_without_pil_guard():
+    """PIL's own bomb guard refuses, in Image.open, images over 2 x Image.MAX_IMAGE_PIXELS (about 179M pixels)
+    with a message that names no setting; `max_pixels` is the guard here (the user may raise it on purpose), so
+    PIL's is off while a header is read, and restored at once."""
+    from PIL import Image
+
+    with _PIL_GUARD_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
 def open_image(path: str | Path, where: str, max_pixels: int = DEFAULT_MAX_PIXELS, guard: str = "--max-image-pixels"):
     """Decode one image file as 8-bit RGB, refusing more than `max_pixels` before decoding (no folder check:
     `lntune chat --image` takes any file the user names). `guard` names the setting that raises the limit."""
@@ -88,7 +109,9 @@ def open_image(path: str | Path, where: str, max_pixels: int = DEFAULT_MAX_PIXEL
     if not path.is_file():
         raise ImageError(f"{where}: image not found: {path}")
     try:
-        with Image.open(path) as image:  # reads the header only
+        with _header_without_pil_guard():
+            image = Image.open(path)  # reads the header only
+        with image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(

@@ -100,6 +100,7 @@ def _drop_unusable_images(config: DataConfig, files: list[RecordFile], items: li
     problems = find_unusable_images(config.image_folder, with_image)
     if not problems:
         return items, []
+    problems.sort(key=lambda problem: problem[0])  # in file order, not in the order they were found
 
     def describe(item, relative, why, full=False):
         file, index = files[item[0]], item[1]
