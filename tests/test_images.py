@@ -127,10 +127,9 @@ def test_training_and_evaluation_see_identical_pixels(built_model, tmp_path, asp
     real_answer = generator.answer
 
     def answer(questions, pictures, *args, **kwargs):
-        # What the model gets: the generator's processor on the runner's images, one prompt per row.
-        prompts = [generator.prompt(question, True) for question in questions]
-        tensors = generator.inputs(prompts, pictures)["pixel_values"]
-        seen.update({id(picture): tensor.cpu() for picture, tensor in zip(pictures, tensors)})
+        # What the model gets: the generator's image processor on the images the runner hands it.
+        tensors = generator.processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+        seen.update({id(picture): tensor for picture, tensor in zip(pictures, tensors)})
         answer.pictures += pictures
         return real_answer(questions, pictures, *args, **kwargs)
 
