@@ -1,7 +1,8 @@
 """Adapters: only the tensors a run trained, tied to the exact base model they were trained on.
 
 `adapter/` holds `trainable.safetensors` (the trained tensors, by their names in the Llava model)
-and `adapter.json` (method, stage, tensor names and shapes, and the base model's fingerprint). LoRA
+and `adapter.json` (method, stage, the image aspect ratio trained with, tensor names and shapes, and the
+base model's fingerprint). LoRA
 runs add PEFT's own files (`adapter_config.json`, `adapter_model.safetensors`), so the LoRA part
 also loads with `PeftModel.from_pretrained`. Loading an adapter onto another base is refused.
 """
@@ -78,8 +79,10 @@ def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
 
 
 def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
-                 base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter."""
+                 base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None,
+                 image_aspect_ratio: str | None = None) -> Path:
+    """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter.
+    `image_aspect_ratio` (pad / crop, as training resolved it) is recorded so that evaluation uses the same."""
     from safetensors.torch import save_file
 
     from lntune.train.distributed import gather_trainable
@@ -117,6 +120,8 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         "base_fingerprint": base_fingerprint or fingerprint(base_dir),
         "tensors": {name: list(tensor.shape) for name, tensor in tensors.items()},
     }
+    if image_aspect_ratio is not None:
+        manifest["image_aspect_ratio"] = image_aspect_ratio
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -160,7 +165,8 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
 
 
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
-    """A full model directory: base + adapter, LoRA merged into the weights."""
+    """A full model directory: base + adapter, LoRA merged into the weights. The adapter's image aspect ratio
+    goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key), where evaluation finds it."""
     from lntune.model.load import load_model, load_processor
 
     out = Path(out)
@@ -169,6 +175,9 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path
     model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    aspect_ratio = read_manifest(adapter_dir).get("image_aspect_ratio")
+    if aspect_ratio is not None:
+        model.config.image_aspect_ratio = aspect_ratio
     save_model_dir(model, load_processor(base_dir), out, base_dir)
     say(f"merged {adapter_dir} into {base_dir} -> {out}")
     return out

@@ -295,6 +295,13 @@ def _eval_arguments(parser):
     parser.add_argument("--mode", help="metric mode (see lntune score --help)")
     parser.add_argument("--template", default="auto", help="chat template (as in training)")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_image_arguments(parser)
+
+
+def _add_image_arguments(parser):
+    parser.add_argument("--image-aspect-ratio", choices=["pad", "crop"],
+                        help="default: what the adapter / model recorded in training, else pad (LLaVA-1.5)")
+    parser.add_argument("--max-image-pixels", type=int, default=64_000_000, help="refuse larger images (default 64M)")
 
 
 def _eval_run(args) -> int:
@@ -310,13 +317,14 @@ def _eval_run(args) -> int:
     if len(images) not in (1, len(args.bench)):
         raise LntuneError("give one --images for all benches, or one per --bench")
     images = images * len(args.bench) if len(images) == 1 else images
-    generator = load_generator(args.model, args.adapter, args.template, system=args.system)
+    generator = load_generator(args.model, args.adapter, args.template, system=args.system,
+                               image_aspect_ratio=args.image_aspect_ratio)
     out = Path(args.out)
     for bench, data, image_folder in zip(args.bench, args.data, images):
         evaluate_benchmark(
             generator, bench, Path(data), image_folder, out / bench, limit=args.limit, batch_size=args.batch_size,
             prompt=args.prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
-            extra_record={"model": str(args.model), "adapter": args.adapter},
+            extra_record={"model": str(args.model), "adapter": args.adapter}, max_image_pixels=args.max_image_pixels,
         )
     table = report([out])
     (out / "report.md").write_text(table)
@@ -401,6 +409,7 @@ def _chat_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--template", default="auto")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_image_arguments(parser)
 
 
 def _chat_run(args) -> int:

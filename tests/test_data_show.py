@@ -9,6 +9,7 @@ from lntune.config import DataConfig, DataSource
 from lntune.data.chat import IGNORE_INDEX
 from lntune.data.dataset import SupervisedDataset
 from lntune.data.mixture import build_mixture
+from lntune.eval.benchmarks import get_benchmark
 from lntune.eval.runner import load_generator
 from lntune.model.load import load_llava_config, load_processor
 from tests.eval.fixtures import write_pope
@@ -67,11 +68,11 @@ def test_generation_view_is_what_eval_generates_from(built_model, tmp_path, caps
                             str(images), "--json"))
     assert len(rows) == 6 and set(rows[0]) == {"index", "question_id", "text", "input_ids"}
     generator = load_generator(str(model))
-    for row in rows[:2]:
-        assert row["input_ids"] == generator.prompt_ids(
-            "Is there a dog in the image?\nAnswer the question using a single word or phrase.", has_image=True)
-    assert rows[0]["text"].endswith("Answer the question using a single word or phrase. ASSISTANT:") or \
-        rows[0]["text"].endswith("ASSISTANT:")
+    items = get_benchmark("pope").load(folder, images, None)
+    for row, item in zip(rows, items):
+        assert row["question_id"] == item.id
+        assert row["input_ids"] == generator.prompt_ids(item.prompt, has_image=True)
+    assert rows[0]["text"].endswith("\nAnswer the question using a single word or phrase. ASSISTANT:")
     assert IGNORE_INDEX not in rows[0]["input_ids"]
 
 

@@ -21,7 +21,8 @@ def check_data(args) -> dict:
         "image_folder": args.image_folder, "types": args.types, "template": args.template,
         "max_length": args.max_length, "skip_invalid": True,
     }, "command line")
-    mixture = build_mixture(data_config, seed=0)
+    # Every image is decoded below, so the stat-only up-front check (which would drop them here) is not needed.
+    mixture = build_mixture(data_config, seed=0, check_images=False)
     dataset = None
     if args.model:
         from lntune.data.dataset import SupervisedDataset
@@ -31,9 +32,15 @@ def check_data(args) -> dict:
                                     data_config, args.stage)
     problems = {"missing_images": [], "unreadable_images": [], "mask_check": []}
     lengths, over_limit = [], 0
+    first_seen, duplicates = {}, []  # sample id -> where it first appeared; messages for repeats
     count = min(len(mixture), args.limit) if args.limit else len(mixture)
     for index in tqdm(range(count), desc="checking", unit="sample", disable=count < 1000):
         record = mixture.record(index)
+        if record.id != record.where:  # a record without an id is named by its place, which is unique
+            if record.id in first_seen:
+                duplicates.append(f"id {record.id!r}: {record.where} and {first_seen[record.id]}")
+            else:
+                first_seen[record.id] = record.where
         if record.image:
             if data_config.image_folder is None:
                 problems["missing_images"].append(f"{record.where}: has an image but no --image-folder was given")
@@ -75,6 +82,8 @@ def check_data(args) -> dict:
         "length_histogram": {key: histogram[key] for key in sorted(histogram, key=_bucket_order)},
         "max_length": data_config.max_length,
         "over_max_length": over_limit,
+        "duplicate_ids": len(duplicates),
+        "duplicate_ids_examples": duplicates[:EXAMPLES],
     }
 
 
@@ -101,5 +110,10 @@ def format_report(report: dict) -> str:
         lines.append(f"over max_length {report['max_length']}: {report['over_max_length']:,}")
     else:
         lines.append("token lengths: not computed (pass --model to tokenise and run the label-mask self-check)")
+    if report["duplicate_ids"]:
+        # A warning, not a problem: training does not need unique ids, but a message naming a sample by its id is
+        # ambiguous then.
+        lines.append(f"warning: {report['duplicate_ids']:,} samples repeat an earlier sample's id")
+        lines += [f"  - {example}" for example in report["duplicate_ids_examples"]]
     lines.append("OK" if report["ok"] else "PROBLEMS FOUND (see above)")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import torch
 
 from lntune.config import DataConfig
 from lntune.data.chat import IGNORE_INDEX, PromptBuilder
-from lntune.data.images import ImageError, load_image
+from lntune.data.images import ImageError, load_image, pixel_values, resolve_aspect_ratio
 from lntune.data.mixture import Mixture
 from lntune.errors import LntuneError
 
@@ -46,6 +46,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.config = config
         self.prompts = PromptBuilder(self.tokenizer, config.template, stage, config.system, config.image_placement,
                                      self.image_token)
+        self.aspect_ratio = resolve_aspect_ratio(config.image_aspect_ratio, stage)
+        """pad or crop: what every image goes through before the image processor (recorded with the adapter)."""
 
     def __len__(self) -> int:
         return len(self.mixture)
@@ -69,9 +71,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         blank = Image.new("RGB", (64, 64))
-        pixel_values = self.processor.image_processor(images=blank, return_tensors="pt")["pixel_values"][0]
         return Example([self.image_token_id] * self.image_seq_length, [IGNORE_INDEX] * self.image_seq_length,
-                       pixel_values, "vision-placeholder")
+                       pixel_values(self.processor, blank, self.aspect_ratio), "vision-placeholder")
 
     def tokenize(self, record):
         """Token ids / labels with each <image> expanded to the image's token count."""
@@ -97,7 +98,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def build(self, record) -> Example:
         input_ids, labels, truncated = self.tokens(record)
-        pixel_values = None
+        pixels = None
         if record.image:
             if self.config.image_folder is None:
                 raise LntuneError(f"{record.where}: the sample has an image but no image folder was given (--image-folder)")
@@ -107,8 +108,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 if not self.config.skip_invalid:
                     raise LntuneError(f"{error} (or pass --skip-invalid to skip and count such samples)") from None
                 raise SkipSample(str(error)) from None
-            pixel_values = self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return Example(input_ids, labels, pixel_values, record.id, truncated)
+            pixels = pixel_values(self.processor, image, self.aspect_ratio)  # [3, H, W]
+        return Example(input_ids, labels, pixels, record.id, truncated)
 
 
 def collate(examples: list[Example], pad_token_id: int, placeholder: Example | None = None) -> dict:

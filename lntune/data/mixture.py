@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lntune.config import DataConfig, DataSource
+from lntune.data.images import find_unusable_images
 from lntune.data.records import RecordFile
 from lntune.errors import LntuneError
 
@@ -31,6 +32,9 @@ class Mixture:
     files: list[RecordFile]
     items: list[tuple[int, int]]
     """(file index, record index) for every selected sample, in a fixed order."""
+    unusable_images: list[str] = field(default_factory=list)
+    """Samples dropped before training because their image is outside the image folder or missing
+    (only with skip_invalid; without it they stop the run)."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -53,7 +57,13 @@ class Mixture:
         return [message for file in self.files for message in file.invalid]
 
 
-def build_mixture(config: DataConfig, seed: int) -> Mixture:
+SHOWN_OFFENDERS = 20
+
+
+def build_mixture(config: DataConfig, seed: int, check_images: bool = True) -> Mixture:
+    """The selected samples. With `check_images` and an image folder, every selected sample's image is checked
+    first (inside the image folder, an existing file: stat calls, no decoding), so a bad path stops the job before the first step
+    with all offenders listed, or, with skip_invalid, the sample is dropped and counted."""
     files, items = [], []
     for source_index, source in enumerate(config.sources):
         file = RecordFile(source.path, source_type=source.type, skip_invalid=config.skip_invalid)
@@ -74,4 +84,38 @@ def build_mixture(config: DataConfig, seed: int) -> Mixture:
     if not items:
         wanted = f" of types {', '.join(config.types)}" if config.types else ""
         raise LntuneError(f"no samples{wanted} in {', '.join(s.path for s in config.sources)}")
-    return Mixture(files, items)
+    if not check_images:
+        return Mixture(files, items)
+    items, unusable = _drop_unusable_images(config, files, items)
+    return Mixture(files, items, unusable)
+
+
+def _drop_unusable_images(config: DataConfig, files: list[RecordFile], items: list[tuple[int, int]]):
+    """(items whose image is usable or absent, messages for the dropped ones); raises without skip_invalid."""
+    if config.image_folder is None:
+        return items, []  # nothing to check against; a sample with an image then says so when it is drawn
+    with_image = [(item, files[item[0]].image_path(item[1])) for item in items if files[item[0]].has_image[item[1]]]
+    if not with_image:
+        return items, []
+    problems = find_unusable_images(config.image_folder, with_image)
+    if not problems:
+        return items, []
+    problems.sort(key=lambda problem: problem[0])  # in file order, not in the order they were found
+
+    def describe(item, relative, why, full=False):
+        file, index = files[item[0]], item[1]
+        # The record's own `where` (with its id) costs a decode: only for the offenders shown in an error.
+        where = file[index].where if full else f"{file.path}: sample {index} (line {file.lines[index]})"
+        return f"{where}: image {relative!r} {why}"
+
+    shown = "; ".join(describe(*problem, full=True) for problem in problems[:SHOWN_OFFENDERS])
+    more = f"; and {len(problems) - SHOWN_OFFENDERS:,} more" if len(problems) > SHOWN_OFFENDERS else ""
+    summary = (f"{len(problems):,} of {len(with_image):,} selected samples with an image cannot use it "
+               f"(image folder {config.image_folder}): {shown}{more}")
+    if not config.skip_invalid:
+        raise LntuneError(f"{summary}. Fix the paths or --image-folder, or pass --skip-invalid to drop and count "
+                          f"these samples")
+    if len(problems) == len(items):
+        raise LntuneError(f"every selected sample was dropped: {summary}. Is --image-folder right?")
+    bad = {item for item, _, _ in problems}
+    return [item for item in items if item not in bad], [describe(*problem) for problem in problems]

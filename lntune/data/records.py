@@ -2,8 +2,9 @@
 
 Opening a file builds an index (byte offsets, each record's type tag and whether it has an image)
 in one pass, validating every record's structure on the way, so a bad record stops the job before
-training starts rather than hours in. Records themselves are decoded again only when accessed:
-a 665K-sample file costs a few MB of index, not its parsed contents.
+training starts rather than hours in. The index also keeps each record's image path (packed in one byte
+string), so every image can be checked before training without decoding a record again. Records themselves
+are decoded again only when accessed: the index costs a few dozen bytes per record, not its parsed contents.
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ class RecordFile:
         self.type_codes = array("i")
         self.type_names: list[str | None] = []
         self.has_image = bytearray()
+        self._image_paths = bytearray()
+        """Every record's image path, UTF-8, back to back (text-only records add nothing)."""
+        self._image_ends = array("q")
+        """Where each record's image path ends in _image_paths."""
         self.invalid: list[str] = []
         """Messages for records skipped as invalid (only with skip_invalid)."""
         self._fd = None
@@ -148,6 +153,9 @@ class RecordFile:
         self.lines.append(line)
         self.type_codes.append(code)
         self.has_image.append(1 if record.image else 0)
+        if record.image:
+            self._image_paths += record.image.encode("utf-8")
+        self._image_ends.append(len(self._image_paths))
 
     def _type_code(self, name: str | None) -> int:
         if name not in self.type_names:
@@ -214,6 +222,12 @@ class RecordFile:
 
     def type_of(self, index: int) -> str | None:
         return self.type_names[self.type_codes[index]]
+
+    def image_path(self, index: int) -> str | None:
+        """Record `index`'s image path (relative to the image folder), from the index; None if text-only."""
+        start = self._image_ends[index - 1] if index else 0
+        end = self._image_ends[index]
+        return self._image_paths[start:end].decode("utf-8") if end > start else None
 
     def __getitem__(self, index: int) -> Record:
         if self._fd is None:

@@ -6,20 +6,20 @@ import sys
 
 
 def chat(args) -> int:
-    from PIL import Image
     from transformers import TextStreamer
 
-    from lntune.data.images import to_rgb
-    from lntune.errors import LntuneError
+    from lntune.data.images import DEFAULT_MAX_PIXELS, apply_aspect_ratio, open_image
     from lntune.eval.runner import load_generator
 
-    generator = load_generator(args.model, args.adapter, args.template, system=args.system)
+    max_pixels = getattr(args, "max_image_pixels", None) or DEFAULT_MAX_PIXELS
     image = None
     if args.image:
-        try:
-            image = to_rgb(Image.open(args.image))
-        except (OSError, ValueError) as error:
-            raise LntuneError(f"cannot read image {args.image}: {error}") from None
+        # The training loader's pixel guard and RGB conversion; no folder to confine a file the user names.
+        image = open_image(args.image, "--image", max_pixels)  # before loading the model: a bad file fails fast
+    generator = load_generator(args.model, args.adapter, args.template, system=args.system,
+                               image_aspect_ratio=getattr(args, "image_aspect_ratio", None))
+    if image is not None:
+        image = apply_aspect_ratio(generator.processor, image, generator.image_aspect_ratio)
     streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)
     if args.prompt:
         generator.answer([args.prompt], [image], args.max_new_tokens, streamer=streamer)

@@ -4,6 +4,10 @@ predictions.jsonl gets one line per item as soon as its batch is answered (flush
 interrupted evaluation loses at most one batch and a rerun continues with the items not yet answered.
 Each line carries the item's reference, so `lntune score BENCH --predictions FILE` can rescore it
 (another mode, say) with no model and no benchmark files.
+
+Images take the training path (lntune.data.images): confined to the benchmark's image folder, pixel-guarded,
+converted to RGB the same way, and given the aspect ratio the model was trained with (see
+evaluation_aspect_ratio), so that the model sees the pixels it was trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from lntune.data.images import DEFAULT_MAX_PIXELS, apply_aspect_ratio, confine, open_image, recorded_aspect_ratio
 from lntune.errors import LntuneError
 from lntune.eval.benchmarks import get_benchmark
 
@@ -72,10 +77,45 @@ def select_subset(items, limit: int | None, group_of=None):
     return [item for item in items if group_of(item) in chosen]
 
 
+EVALUATION_DEFAULT_ASPECT_RATIO = "pad"
+"""For a model that records none (a built model, another tool's checkpoint): LLaVA-1.5's evaluation setting."""
+
+
+def evaluation_aspect_ratio(model_dir, adapter=None, override: str | None = None) -> tuple[str, str]:
+    """(pad or crop, where it came from): --image-aspect-ratio, else the adapter's manifest, else the model's
+    config.json (`image_aspect_ratio`, written when a trained model is merged), else LLaVA-1.5's `pad`."""
+    import json as json_module
+
+    from lntune.adapter import MANIFEST, read_manifest
+
+    if override is not None:
+        return recorded_aspect_ratio(override, "--image-aspect-ratio"), "--image-aspect-ratio"
+    if adapter:
+        where = str(Path(adapter) / MANIFEST)
+        value = recorded_aspect_ratio(read_manifest(adapter).get("image_aspect_ratio"), where)
+        if value is not None:
+            return value, where
+    config_path = Path(model_dir).expanduser() / "config.json"
+    if config_path.is_file():
+        value = recorded_aspect_ratio(json_module.loads(config_path.read_text()).get("image_aspect_ratio"),
+                                      str(config_path))
+        if value is not None:
+            return value, str(config_path)
+    return EVALUATION_DEFAULT_ASPECT_RATIO, "default (nothing recorded; LLaVA-1.5 evaluates with pad)"
+
+
+def _image_folders(data: Path, images: Path | None) -> list[Path]:
+    """Where a benchmark's images may lie: the --images folder and the benchmark's own folder (MME's release
+    folder holds its images beside the questions)."""
+    data = Path(data)
+    return [folder for folder in (images, data if data.is_dir() else data.parent) if folder is not None]
+
+
 def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, out: Path, *, limit=None,
                        batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None,
-                       extra_record=None, say=None) -> dict:
-    from PIL import Image
+                       extra_record=None, say=None, image_aspect_ratio=None,
+                       max_image_pixels=DEFAULT_MAX_PIXELS) -> dict:
+    """`image_aspect_ratio` (pad / crop): default the generator's (load_generator learns it from the model)."""
     from tqdm.auto import tqdm
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -95,10 +135,22 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     items = select_subset(benchmark.load(Path(data), Path(images) if images else None, prompt), limit,
                           getattr(benchmark, "group_of", None))
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens
+    aspect_ratio, aspect_ratio_source = (
+        (image_aspect_ratio, "argument") if image_aspect_ratio is not None
+        else (getattr(generator, "image_aspect_ratio", None), getattr(generator, "image_aspect_ratio_source", None)))
+    if aspect_ratio is None:
+        aspect_ratio, aspect_ratio_source = EVALUATION_DEFAULT_ASPECT_RATIO, "default"
+    aspect_ratio = recorded_aspect_ratio(aspect_ratio, "the image aspect ratio")
+    # Every image path is checked before anything is answered: an escaping path stops the run, naming the item.
+    folders = _image_folders(data, images)
+    for item in items:
+        if item.image is not None:
+            confine(item.image, folders, f"{bench} item {item.id}")
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, {"benchmark": bench, "data": str(Path(data).resolve()), "limit": limit,
                           "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
-                          "max_new_tokens": max_new_tokens, **(extra_record or {})})
+                          "max_new_tokens": max_new_tokens, "image_aspect_ratio": aspect_ratio,
+                          **(extra_record or {})})
     predictions_path = out / PREDICTIONS
     done = {record["id"]: record["prediction"] for record in read_predictions(predictions_path)}
     todo = [item for item in items if item.id not in done]
@@ -109,7 +161,9 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
             tqdm(total=len(items), initial=len(items) - len(todo), desc=bench, unit="item", dynamic_ncols=True) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            pictures = [Image.open(item.image).convert("RGB") if item.image else None for item in batch]
+            # Loaded (pixel guard, RGB) and given the aspect ratio before anything of the batch is written: a bad
+            # image stops the run naming its item, with the earlier answers on disk untouched.
+            pictures = [_picture(generator, item, bench, aspect_ratio, max_image_pixels) for item in batch]
             answers = generator.answer([item.prompt for item in batch], pictures, max_new_tokens)
             for item, answer in zip(batch, answers):
                 done[item.id] = answer
@@ -123,6 +177,7 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
         "benchmark": bench, "mode": mode, "items": len(items), "limit": limit,
         "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
         "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        "image_aspect_ratio": aspect_ratio, "image_aspect_ratio_source": aspect_ratio_source,
         "generation_seconds": seconds, "items_per_second": len(todo) / seconds if todo and seconds else None,
         **(extra_record or {}), "metrics": metrics,
     }
@@ -132,18 +187,34 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     return record
 
 
+def _picture(generator, item, bench: str, aspect_ratio: str, max_pixels: int):
+    """An item's image as the generator's processor should get it (None for a text-only item): the training
+    loader's checks and RGB conversion, then the aspect-ratio step (pad, then the processor's own resize, is
+    LLaVA's pad path)."""
+    if item.image is None:
+        return None
+    image = open_image(item.image, f"{bench} item {item.id}", max_pixels)
+    return apply_aspect_ratio(generator.processor, image, aspect_ratio)
+
+
 def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto",
-                   system: str | None = None):
+                   image_aspect_ratio: str | None = None, system: str | None = None):
+    """The model (plus adapter) ready to answer; `generator.image_aspect_ratio` is what its images get (see
+    evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why."""
     import torch
 
     from lntune.adapter import load_adapter
     from lntune.eval.generate import AnswerGenerator
     from lntune.model.load import load_model, load_processor
 
+    # Before the weights: a model or adapter recording an aspect ratio lntune lacks is refused at once.
+    aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, dtype=dtype)
     if adapter:
         model = load_adapter(model, adapter, model_dir)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
-    return AnswerGenerator(model.to(device), load_processor(model_dir), template, system)
+    generator = AnswerGenerator(model.to(device), load_processor(model_dir), template, system)
+    generator.image_aspect_ratio, generator.image_aspect_ratio_source = aspect_ratio, source
+    return generator

@@ -206,7 +206,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     log(
         f"training {config.method.name} ({sum(zero.numel(p) for p in trainable) * (world if sharded else 1):,} "
         f"trainable parameters) on {len(dataset):,} samples for {total_steps} steps of {sampler.global_batch} "
-        f"samples, lr {base_learning_rate(config):g}, {world} process(es){mode}, precision {precision}"
+        f"samples, lr {base_learning_rate(config):g}, {world} process(es){mode}, precision {precision}, "
+        f"images {dataset.aspect_ratio}"
+        + (f"; {len(mixture.unusable_images):,} samples dropped before training (image outside the image folder "
+           f"or missing)" if mixture.unusable_images else "")
     )
 
     from tqdm.auto import tqdm
@@ -302,13 +305,14 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         tensors = gather_trainable(plain_model) if sharded or is_main else None  # collective under FSDP2
     if is_main:
         save_adapter(plain_model, run_dir / "adapter", config.model, config_to_dict(config.method),
-                     train_config.stage, base_print, tensors=tensors)
+                     train_config.stage, base_print, tensors=tensors, image_aspect_ratio=dataset.aspect_ratio)
         save_merged = train_config.save_merged if train_config.save_merged is not None else train_config.stage == "pretrain"
         if save_merged:
             # From the adapter just written: the same path `lntune merge` takes, in the base model's dtype.
             merge_adapter(config.model, run_dir / "adapter", run_dir / "model", say=lambda message: None)
         summary = {"steps": total_steps, "samples_seen": total_steps * sampler.global_batch, **counters,
-                   "invalid_records_skipped": len(mixture.invalid())}
+                   "invalid_records_skipped": len(mixture.invalid()),
+                   "unusable_images_skipped": len(mixture.unusable_images)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(f"done: {run_dir} (adapter/{' and model/' if save_merged else ''}); "
             f"{counters['skipped']} samples skipped, {counters['truncated']} truncated")
