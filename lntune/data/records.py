@@ -1,7 +1,7 @@
 """LLaVA-format records, read lazily from JSON list or JSON Lines files.
 
-Opening a file builds an index (byte offsets, each record's type tag and whether it has an image)
-in one pass, validating every record's structure on the way, so a bad record stops the job before
+Opening a file builds an index (byte offsets, each record's type tag, whether it has an image and
+its text length in characters, a cheap length estimate for batching) in one pass, validating every record's structure on the way, so a bad record stops the job before
 training starts rather than hours in. Records themselves are decoded again only when accessed:
 a 665K-sample file costs a few MB of index, not its parsed contents.
 """
@@ -107,6 +107,8 @@ class RecordFile:
         self.type_codes = array("i")
         self.type_names: list[str | None] = []
         self.has_image = bytearray()
+        self.text_chars = array("q")
+        """Characters in the record's conversation text: the sampler's length estimate (group_by_modality_length)."""
         self.invalid: list[str] = []
         """Messages for records skipped as invalid (only with skip_invalid)."""
         self._fd = None
@@ -148,6 +150,7 @@ class RecordFile:
         self.lines.append(line)
         self.type_codes.append(code)
         self.has_image.append(1 if record.image else 0)
+        self.text_chars.append(sum(len(text) for _, text in record.messages))
 
     def _type_code(self, name: str | None) -> int:
         if name not in self.type_names:
