@@ -282,6 +282,13 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                     # norm is a DTensor too), so torch's clipping applies directly.
                     total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
                     grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
+                for parameter in trainable:
+                    # A global batch without images (grouping by modality makes them common) leaves the connector
+                    # without a gradient in one process, but with an exact zero from the vision placeholder row in
+                    # several: give it that zero here too, so AdamW (momentum, weight decay, step count) moves it the
+                    # same on any process count, as LLaVA's blank image for text-only samples does.
+                    if parameter.grad is None:
+                        parameter.grad = torch.zeros_like(parameter)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
