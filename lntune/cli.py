@@ -117,7 +117,9 @@ _TRAIN_FLAGS = {
     "num_workers": "data.num_workers", "max_image_pixels": "data.max_image_pixels",
     "image_placement": "data.image_placement", "system": "data.system", "image_aspect_ratio": "data.image_aspect_ratio",
     "stage": "train.stage", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
-    "grad_accum": "train.grad_accum", "lr": "train.lr", "norm_lr": "train.norm_lr", "connector_lr": "train.connector_lr",
+    "grad_accum": "train.grad_accum", "global_batch_size": "train.global_batch_size",
+    "group_by_modality_length": "train.group_by_modality_length", "lr": "train.lr", "norm_lr": "train.norm_lr",
+    "connector_lr": "train.connector_lr",
     "embedding_lr": "train.embedding_lr", "weight_decay": "train.weight_decay", "warmup_ratio": "train.warmup_ratio",
     "scheduler": "train.scheduler", "precision": "train.precision", "gradient_checkpointing": "train.gradient_checkpointing",
     "seed": "train.seed", "save_every": "train.save_every", "keep_checkpoints": "train.keep_checkpoints",
@@ -149,7 +151,12 @@ def _train_arguments(parser):
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int, help="samples per process per micro-step")
-    parser.add_argument("--grad-accum", type=int)
+    parser.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 1; derived from "
+                        "--global-batch-size when that is given)")
+    parser.add_argument("--global-batch-size", type=int, metavar="N", help="samples per optimizer step over all "
+                        "processes; grad_accum = N / (batch size x processes)")
+    parser.add_argument("--group-by-modality-length", action=argparse.BooleanOptionalAction, default=None,
+                        help="LLaVA's batching: image and text-only samples in separate batches, sorted by length")
     for name in ("lr", "norm-lr", "connector-lr", "embedding-lr", "weight-decay", "warmup-ratio"):
         parser.add_argument(f"--{name}", type=float)
     parser.add_argument("--scheduler", help="cosine, linear, constant")

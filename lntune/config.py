@@ -165,8 +165,15 @@ class TrainConfig:
     """Optimizer steps to run; None: from epochs."""
     batch_size: int = 4
     """Samples per device per micro-step."""
-    grad_accum: int = 1
-    """Micro-steps per optimizer step. Global batch = batch_size x grad_accum x processes."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step over all processes; grad_accum is then derived as
+    global_batch_size / (batch_size x processes), so the same run config trains the same way on any GPU count."""
+    grad_accum: int | None = None
+    """Micro-steps per optimizer step (None: 1, or derived from global_batch_size). Global batch = batch_size x
+    grad_accum x processes."""
+    group_by_modality_length: bool = False
+    """LLaVA's option: image and text-only samples in separate global batches, each sorted by length (longest first)
+    so that a micro-batch holds samples of similar length (docs/training.md, Batching)."""
     lr: float | None = None
     """Learning rate; None: the method's default (lntune.methods.METHODS)."""
     norm_lr: float | None = None
@@ -208,8 +215,8 @@ class TrainConfig:
         if self.deepspeed_config and self.distributed not in ("zero2", "zero3"):
             raise LntuneError(f"deepspeed_config {self.deepspeed_config} needs distributed zero2 or zero3 "
                               f"(got {self.distributed})")
-        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "grad_accum", "global_batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LntuneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise LntuneError(f"max_steps must be >= 1, got {self.max_steps}")

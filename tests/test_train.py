@@ -183,6 +183,30 @@ def test_existing_run_dir_needs_resume(built_model, data, tmp_path):
         train(changed, resume=True, say=lambda m: None)
 
 
+def test_global_batch_size_and_grouping_run_and_resume_exactly(built_model, data, tmp_path):
+    """grad_accum derived from the global batch (logged, recorded); grouped batches replay after a resume."""
+    import shutil
+
+    model_dir = built_model()
+    settings = dict(grad_accum=None, global_batch_size=4, group_by_modality_length=True, save_every=2)
+    messages = []
+    straight = train(run_config(model_dir, tmp_path / "straight", data, **settings), say=messages.append)
+    assert any("global batch 4 = batch_size 2 x grad_accum 2 x 1 process(es) (grad_accum derived from "
+               "global_batch_size); grouped by modality and length" in message for message in messages)
+    summary = json.loads((straight / "summary.json").read_text())
+    assert (summary["global_batch_size"], summary["batch_size"], summary["grad_accum"], summary["processes"]) == (4, 2, 2, 1)
+    saved = yaml.safe_load((straight / "config.yaml").read_text())["train"]
+    assert saved["global_batch_size"] == 4 and saved["grad_accum"] is None  # as given: any process count compares equal
+    crashed = tmp_path / "crashed"  # the run as it was after the step-2 checkpoint
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copy(straight / "config.yaml", crashed / "config.yaml")
+    shutil.copytree(straight / "checkpoints" / "step-00000002", crashed / "checkpoints" / "step-00000002")
+    train(run_config(model_dir, crashed, data, **settings), resume=True, say=lambda m: None)
+    expected = load_file(str(straight / "adapter" / "trainable.safetensors"))
+    resumed = load_file(str(crashed / "adapter" / "trainable.safetensors"))
+    assert expected.keys() == resumed.keys() and all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
 def test_cli_yaml_config_and_overrides(built_model, data, tmp_path):
     path, images = data
     config = {"model": str(built_model()), "data": {"sources": [{"path": str(path), "count": 8}], "image_folder": str(images)},
@@ -285,19 +309,22 @@ def test_resume_after_kill_reaches_the_same_weights(built_model, data, tmp_path)
 
 @pytest.mark.slow
 def test_two_processes_match_one(built_model, tmp_path):
-    """DDP with torchrun and with accelerate launch: the weights of one process with the same global batch."""
+    """DDP with torchrun and with accelerate launch: the weights of one process with the same global batch (set as
+    --global-batch-size, with LLaVA's grouping by modality and length: the same batches on any process count)."""
     model_dir = built_model()
     data = write_llava_data(tmp_path / "data", count=8, text_only=8)  # half the samples text-only
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0"]
-    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2"),
+    common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0",
+              "--global-batch-size", "4", "--group-by-modality-length"]
+    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2"),
                    check=True, env=env, capture_output=True, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    # One sample per micro-batch: some have only text, so the vision placeholder row is what keeps DDP's gradient
-    # buckets in step (no find_unused_parameters).
-    two_args = _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "1", "--grad-accum", "2")[1:]
+    # One sample per micro-batch: whole global batches are text-only, so the vision placeholder row is what keeps
+    # DDP's gradient buckets in step (no find_unused_parameters).
+    two_args = _cli_train(model_dir, data, tmp_path / "two", *common, "--batch-size", "1")[1:]
     result = _torchrun(torchrun + two_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "global batch 4 = batch_size 1 x grad_accum 2 x 2 process(es)" in result.stderr
     # The same with `accelerate launch` (its --multi_gpu launcher starts the processes; on CPUs they use gloo).
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

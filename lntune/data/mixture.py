@@ -53,6 +53,12 @@ class Mixture:
     def text_only(self) -> int:
         return sum(1 for f, r in self.items if not self.files[f].has_image[r])
 
+    def modality_lengths(self) -> tuple[list[bool], list[int]]:
+        """Per sample, in mixture order: whether it has an image, and its conversation's length in characters."""
+        has_image = [bool(self.files[f].has_image[r]) for f, r in self.items]
+        lengths = [self.files[f].text_chars[r] for f, r in self.items]
+        return has_image, lengths
+
     def invalid(self) -> list[str]:
         return [message for file in self.files for message in file.invalid]
 

@@ -1,10 +1,11 @@
 """LLaVA-format records, read lazily from JSON list or JSON Lines files.
 
-Opening a file builds an index (byte offsets, each record's type tag and whether it has an image)
-in one pass, validating every record's structure on the way, so a bad record stops the job before
-training starts rather than hours in. The index also keeps each record's image path (packed in one byte
-string), so every image can be checked before training without decoding a record again. Records themselves
-are decoded again only when accessed: the index costs a few dozen bytes per record, not its parsed contents.
+Opening a file builds an index (byte offsets, each record's type tag, whether it has an image, its text length
+in characters as a cheap length estimate for batching) in one pass, validating every record's structure on the way,
+so a bad record stops the job before training starts rather than hours in. The index also keeps each record's image
+path (packed in one byte string), so every image can be checked before training without decoding a record again.
+Records themselves are decoded again only when accessed: the index costs a few dozen bytes per record, not its
+parsed contents.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class RecordFile:
         """Every record's image path, UTF-8, back to back (text-only records add nothing)."""
         self._image_ends = array("q")
         """Where each record's image path ends in _image_paths."""
+        self.text_chars = array("q")
+        """Characters in the record's conversation text: the sampler's length estimate (group_by_modality_length)."""
         self.invalid: list[str] = []
         """Messages for records skipped as invalid (only with skip_invalid)."""
         self._fd = None
@@ -156,6 +159,7 @@ class RecordFile:
         if record.image:
             self._image_paths += record.image.encode("utf-8")
         self._image_ends.append(len(self._image_paths))
+        self.text_chars.append(sum(len(text) for _, text in record.messages))
 
     def _type_code(self, name: str | None) -> int:
         if name not in self.type_names:

@@ -11,6 +11,7 @@ directly, so that every mode runs on CPU processes too (that is how they are tes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -36,7 +37,7 @@ from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_check
 from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
-from lntune.train.sampler import StepBatchSampler
+from lntune.train.sampler import StepBatchSampler, resolve_grad_accum
 
 
 def _precision(name: str) -> str:
@@ -117,6 +118,12 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
 
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     train_config, data_config = config.train, config.data
+    # The effective accumulation, before any slow work; config.yaml keeps the settings as given, so a run set by
+    # global_batch_size compares equal on resume whatever the process count.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    grad_accum = resolve_grad_accum(train_config.batch_size, processes, train_config.global_batch_size,
+                                    train_config.grad_accum)
+    train_config = dataclasses.replace(train_config, grad_accum=grad_accum)
     mixture = build_mixture(data_config, train_config.seed)
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     sharded = multi_process and train_config.distributed == "fsdp2"
@@ -161,6 +168,9 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
 
     dataset = SupervisedDataset(mixture, processor, model.config.image_seq_length, data_config, train_config.stage)
     world = accelerator.num_processes
+    if world != processes:
+        raise LntuneError(f"WORLD_SIZE is {processes} but {world} processes started; launch with torchrun or "
+                          "accelerate launch, which set it")
     probe = StepBatchSampler(len(dataset), train_config.batch_size, train_config.grad_accum, world, 0, train_config.seed, 1)
     total_steps = train_config.max_steps or max(1, round(train_config.epochs * probe.steps_per_epoch))
     optimizer = make_optimizer(model, config)  # after sharding: FSDP2 replaces the parameters with DTensors
@@ -180,8 +190,11 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         truncate_jsonl(run_dir / "grad_stats.jsonl", start_step)
     base_print = fingerprint(config.model)
 
+    grouping = {}
+    if train_config.group_by_modality_length:
+        grouping = dict(zip(("has_image", "lengths"), mixture.modality_lengths()))
     sampler = StepBatchSampler(len(dataset), train_config.batch_size, train_config.grad_accum, world,
-                               accelerator.process_index, train_config.seed, total_steps, start_step)
+                               accelerator.process_index, train_config.seed, total_steps, start_step, **grouping)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=data_config.num_workers,
         # Several processes: one whose micro-batch has no image would skip the vision encoder and connector, and
@@ -211,6 +224,10 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         + (f"; {len(mixture.unusable_images):,} samples dropped before training (image outside the image folder "
            f"or missing)" if mixture.unusable_images else "")
     )
+    log(f"global batch {sampler.global_batch} = batch_size {train_config.batch_size} x grad_accum {grad_accum} x "
+        f"{world} process(es){' (grad_accum derived from global_batch_size)' if config.train.global_batch_size else ''}"
+        f"; {'grouped by modality and length' if sampler.grouped else 'random order'}, "
+        f"{sampler.steps_per_epoch} steps per epoch")
 
     from tqdm.auto import tqdm
 
@@ -268,6 +285,13 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
                     # norm is a DTensor too), so torch's clipping applies directly.
                     total_norm = torch.nn.utils.clip_grad_norm_(trainable, train_config.max_grad_norm)
                     grad_norm = float(total_norm.full_tensor() if is_sharded(total_norm) else total_norm)
+                for parameter in trainable:
+                    # A global batch without images (grouping by modality makes them common) leaves the connector
+                    # without a gradient in one process, but with an exact zero from the vision placeholder row in
+                    # several: give it that zero here too, so AdamW (momentum, weight decay, step count) moves it the
+                    # same on any process count, as LLaVA's blank image for text-only samples does.
+                    if parameter.grad is None:
+                        parameter.grad = torch.zeros_like(parameter)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -310,7 +334,9 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         if save_merged:
             # From the adapter just written: the same path `lntune merge` takes, in the base model's dtype.
             merge_adapter(config.model, run_dir / "adapter", run_dir / "model", say=lambda message: None)
-        summary = {"steps": total_steps, "samples_seen": total_steps * sampler.global_batch, **counters,
+        summary = {"steps": total_steps, "samples_seen": total_steps * sampler.global_batch,
+                   "global_batch_size": sampler.global_batch, "batch_size": train_config.batch_size,
+                   "grad_accum": grad_accum, "processes": world, **counters,
                    "invalid_records_skipped": len(mixture.invalid()),
                    "unusable_images_skipped": len(mixture.unusable_images)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
