@@ -105,27 +105,27 @@ def _model_vision_select(llava_config) -> str:
     return "cls_patch" if strategy == "full" and has_cls_token(llava_config.vision_config) else "patch"
 
 
-def setting_differences(settings: LlavaSettings, llava_config) -> list[str]:
-    """Each setting where a LLaVA config and a Llava model config disagree, as `name: LLaVA x, model y`."""
+def setting_differences(settings: LlavaSettings, llava_config, other: str = "model") -> list[str]:
+    """Each setting where a LLaVA config and a Llava model config disagree, as `name: LLaVA x, <other> y`."""
     vision = llava_config.vision_config
     if not has_cls_token(vision):
         # LLaVA's vision tower is always CLIP; its `patch` drops the first token, which SigLIP does not have.
-        return [f"vision encoder: LLaVA CLIP, model {vision.model_type}"]
+        return [f"vision encoder: LLaVA CLIP, {other} {vision.model_type}"]
     differences = []
     if settings.vision_layer is not None and settings.vision_layer != llava_config.vision_feature_layer:
-        differences.append(f"vision layer: LLaVA {settings.vision_layer}, model {llava_config.vision_feature_layer}")
+        differences.append(f"vision layer: LLaVA {settings.vision_layer}, {other} {llava_config.vision_feature_layer}")
     if settings.vision_select is not None and (
             select_strategy(vision, settings.vision_select) != llava_config.vision_feature_select_strategy):
-        differences.append(f"vision select: LLaVA {settings.vision_select}, model {_model_vision_select(llava_config)}")
+        differences.append(f"vision select: LLaVA {settings.vision_select}, {other} {_model_vision_select(llava_config)}")
     if settings.projector_type != connector_name(llava_config):
-        differences.append(f"connector: LLaVA {settings.projector_type}, model {connector_name(llava_config)}")
+        differences.append(f"connector: LLaVA {settings.projector_type}, {other} {connector_name(llava_config)}")
     if settings.vision_hidden_size is not None and settings.vision_hidden_size != vision.hidden_size:
-        differences.append(f"vision hidden size: LLaVA {settings.vision_hidden_size}, model {vision.hidden_size}")
+        differences.append(f"vision hidden size: LLaVA {settings.vision_hidden_size}, {other} {vision.hidden_size}")
     patch_size, image_size = settings.tower_geometry()
     if patch_size is not None and patch_size != vision.patch_size:
-        differences.append(f"patch size: LLaVA {patch_size} ({settings.vision_tower}), model {vision.patch_size}")
+        differences.append(f"patch size: LLaVA {patch_size} ({settings.vision_tower}), {other} {vision.patch_size}")
     if image_size is not None and image_size != vision.image_size:
-        differences.append(f"image size: LLaVA {image_size} ({settings.vision_tower}), model {vision.image_size}")
+        differences.append(f"image size: LLaVA {image_size} ({settings.vision_tower}), {other} {vision.image_size}")
     return differences
 
 
@@ -135,16 +135,17 @@ def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LntuneError(f"file not found: {path}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-        reason = lines[0] if lines else str(error).splitlines()[0]
-        raise LntuneError(
-            f"{path} holds more than tensors and was refused (read with torch.load(weights_only=True), which never "
-            f"runs code from a file; {reason}); save only the state dict of tensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise LntuneError(f"{path} is not a readable torch file: {first_line}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # weights_only names the first object it refused: "WeightsUnpickler error: Unsupported global: GLOBAL ...".
+        refused = [line.split("error: ", 1)[-1] for line in lines if "Unsupported global" in line]
+        if refused:
+            raise LntuneError(
+                f"{path} holds more than tensors and was refused (read with torch.load(weights_only=True), which "
+                f"never runs code from a file; {refused[0].split('. ')[0]}); save only a state dict of tensors"
+            ) from None
+        reason = next((line for line in lines if "Unsupported" in line), lines[0] if lines else type(error).__name__)
+        raise LntuneError(f"{path} is not a readable torch file ({reason})") from None
     if not isinstance(state, dict) or not all(
         isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state.items()
     ):

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -78,11 +79,11 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def _build_hint(settings: LlavaSettings) -> str:
-    vision = settings.vision_tower or "CLIP_DIR"
     layer = f" --vision-layer {settings.vision_layer}" if settings.vision_layer is not None else ""
     select = f" --vision-select {settings.vision_select}" if settings.vision_select is not None else ""
-    return (f"build a matching model first: lntune build --llm LLM_DIR --vision {vision} --out DIR "
-            f"--connector {settings.projector_type}{layer}{select}")
+    tower = f" (CLIP_DIR: a local copy of {settings.vision_tower})" if settings.vision_tower else ""
+    return (f"build a matching model first: lntune build --llm LLM_DIR --vision CLIP_DIR --out DIR "
+            f"--connector {settings.projector_type}{layer}{select}{tower}")
 
 
 def import_projector(model_dir, projector_file, out, llava_config_file=None, overwrite: bool = False,
@@ -157,6 +158,8 @@ def _text_config(data: dict, model_type: str):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     kept = {key: value for key, value in data.items() if not key.startswith("mm_") and key not in LLAVA_ONLY_KEYS}
+    if kept.get("rope_scaling", 0) is None:
+        del kept["rope_scaling"]  # transformers 4's "no scaling"; today's configs say it in rope_parameters
     config = AutoConfig.for_model(model_type, **kept)
     config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
     return config
@@ -247,17 +250,21 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         require_weights(vision_dir, "vision")
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
+        with warnings.catch_warnings():
+            # AutoTokenizer also reads config.json, whose transformers-4 `rope_scaling: null` only draws a
+            # deprecation warning that is not the user's to act on (the import writes today's keys).
+            warnings.filterwarnings("ignore", message="`rope_scaling` is deprecated", category=FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
     except (OSError, ValueError) as error:
         raise LntuneError(f"cannot load the tokenizer from {checkpoint_dir}: {error}") from None
     added_tokens = add_special_tokens(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     llava_config = compose_llava_config(_text_config(data, model_type), vision_config, settings.projector_type,
                                         settings.vision_layer, settings.vision_select, image_token_id)
-    differences = setting_differences(settings, llava_config)
+    differences = setting_differences(settings, llava_config, other="--vision")
     if differences:
         raise LntuneError(f"--vision {vision_dir} is not the vision tower {checkpoint_dir} was trained with: "
-                          f"{'; '.join(differences)}; give the local directory of {settings.vision_tower or 'it'}")
+                          f"{'; '.join(differences)}; give a local copy of {settings.vision_tower or 'that tower'}")
     projector_state = {name: tensor for name, tensor in tensors.items() if name.startswith(PROJECTOR_PREFIX)}
     projector_type, connector = connector_tensors(projector_state, checkpoint_dir)
     if projector_type != settings.projector_type:
