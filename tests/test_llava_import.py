@@ -265,6 +265,8 @@ def test_llava_checkpoint_converts_with_identical_logits(llm_family, connector, 
     config = json.loads((out / "config.json").read_text())
     assert config["image_aspect_ratio"] == "pad"
     assert config["vision_feature_layer"] == -2 and config["vision_feature_select_strategy"] == "default"
+    # mlp2x_gelu: a stock Llava directory; linear: lntune's extension.
+    assert (type(imported).__name__ == "LlavaForConditionalGeneration") == (connector == "mlp2x_gelu")
     record = json.loads((out / "lntune_import.json").read_text())
     assert (record["vision_tower_from"] == "checkpoint") == tower
     assert not (checkpoint / "code-ran").exists()
@@ -290,3 +292,32 @@ def test_llava_checkpoint_refusals(overrides, vision, message, built_model, back
 def test_hf_llava_directory_is_not_imported(built_model, tmp_path):
     with pytest.raises(LntuneError, match="already a Hugging Face Llava model"):
         import_llava_checkpoint(built_model(), None, tmp_path / "out", say=lambda m: None)
+
+
+@pytest.mark.parametrize("change,message", [
+    ("extra", "holds tensors lntune does not know where to put: ['model.extra_head.weight']"),
+    ("missing", "its tensors do not fit the model its config.json describes: missing: "
+     "['model.language_model.norm.weight']"),
+    ("vocabulary", "other shapes: ['lm_head.weight [320, 32], config.json implies [325, 32]'"),
+    ("lora", "is a LoRA run's output; merge it first"),
+])
+def test_llava_checkpoint_tensors_must_fit(change, message, built_model, backbone_dir, tmp_path):
+    checkpoint = tmp_path / "llava-checkpoint"
+    write_llava_checkpoint(built_model(), backbone_dir("llm", "llama"), checkpoint, "llama", False, "bin")
+    shard_file = checkpoint / "pytorch_model-00002-of-00002.bin"  # the later names, model.norm.weight among them
+    shard = torch.load(shard_file, weights_only=True)
+    assert "model.norm.weight" in shard
+    if change == "extra":
+        shard["model.extra_head.weight"] = torch.zeros(2)
+    elif change == "missing":
+        shard = {name: tensor for name, tensor in shard.items() if name != "model.norm.weight"}
+    elif change == "vocabulary":
+        config = json.loads((checkpoint / "config.json").read_text())
+        (checkpoint / "config.json").write_text(json.dumps(dict(config, vocab_size=config["vocab_size"] + 5)))
+    else:
+        (checkpoint / "adapter_config.json").write_text("{}")
+    torch.save(shard, shard_file)
+    with pytest.raises(LntuneError) as error:
+        import_llava_checkpoint(checkpoint, backbone_dir("vision", "clip"), tmp_path / "out", say=lambda m: None)
+    assert message in str(error.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["llava-checkpoint"]

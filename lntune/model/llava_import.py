@@ -212,6 +212,18 @@ def _renamed_tensors(tensors: dict[str, torch.Tensor], vision_names: set[str], s
     return renamed, dropped
 
 
+def _check_tensors_fit(state: dict, expected: dict, tied: bool, source: Path) -> None:
+    """Every weight of the model filled, with the shape its config.json implies; nothing left over."""
+    missing = sorted(set(expected) - set(state) - ({"lm_head.weight"} if tied else set()))
+    extra = sorted(set(state) - set(expected))
+    wrong = [f"{name} {list(state[name].shape)}, config.json implies {list(expected[name])}"
+             for name in sorted(set(state) & set(expected)) if tuple(state[name].shape) != expected[name]]
+    problems = [f"{label}: {names[:5]}" for label, names in
+                (("missing", missing), ("not in the model", extra), ("other shapes", wrong)) if names]
+    if problems:
+        raise LntuneError(f"{source}: its tensors do not fit the model its config.json describes: {'; '.join(problems)}")
+
+
 def _most_common_float_dtype(tensors) -> torch.dtype:
     counts: dict[torch.dtype, int] = {}
     for tensor in tensors:
@@ -274,9 +286,10 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
     # The model's dtype: the checkpoint's own (LLaVA saves float16) unless --dtype says otherwise.
     model_dtype = _most_common_float_dtype(tensors.values()) if dtype == "auto" else torch_dtype(dtype)
 
-    with torch.device("meta"):
-        vision_names = {name.removeprefix("model.vision_tower.") for name in
-                        model_class_for(llava_config)(llava_config).state_dict() if name.startswith("model.vision_tower.")}
+    with torch.device("meta"):  # every name and shape the model needs, no memory
+        expected = {name: tuple(tensor.shape)
+                    for name, tensor in model_class_for(llava_config)(llava_config).state_dict().items()}
+    vision_names = {name.removeprefix("model.vision_tower.") for name in expected if name.startswith("model.vision_tower.")}
     state, dropped = _renamed_tensors(tensors, vision_names, checkpoint_dir)
     state.update({f"model.multi_modal_projector.{name}": tensor for name, tensor in connector.items()})
     if not tower_in_checkpoint:
@@ -284,6 +297,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         vision = load_vision_model(vision_dir, vision_config, model_dtype)
         state.update({f"model.vision_tower.{name}": tensor for name, tensor in vision.state_dict().items()})
     del tensors
+    _check_tensors_fit(state, expected, llava_config.tie_word_embeddings, checkpoint_dir)
 
     say(f"assembling the Llava model ({model_type} LLM, {projector_type} connector, {model_dtype})")
     model, loading = model_class_for(llava_config).from_pretrained(
