@@ -1,6 +1,6 @@
-"""Reading what the LLaVA codebase (haotian-liu/LLaVA) writes: its config keys, projector keys and pickles.
+"""Reading what the LLaVA codebase (haotian-liu/LLaVA) writes: config keys, projector files, checkpoints.
 
-Everything here is pure reading and checking; lntune.model.llava_import turns the result into models.
+Everything here reads, checks and renames; lntune.model.llava_import turns the result into model directories.
 Pickled files are opened with torch.load(weights_only=True): tensors only, never code from the file.
 """
 
@@ -18,6 +18,24 @@ from lntune.model.compose import has_cls_token, select_strategy
 from lntune.model.connector import connector_name, make_connector
 
 PROJECTOR_PREFIX = "model.mm_projector."
+# The LLaVA classes lntune converts -> the transformers model_type of their language model.
+LLAVA_ARCHITECTURES = {"LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}
+LLAVA_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral"}
+# LLaVA checkpoint key prefix -> the key prefix in lntune's Llava model (transformers 5 module layout).
+LANGUAGE_PREFIXES = {
+    "model.embed_tokens.": "model.language_model.embed_tokens.",
+    "model.layers.": "model.language_model.layers.",
+    "model.norm.": "model.language_model.norm.",
+    "lm_head.": "lm_head.",
+}
+VISION_PREFIX = "model.vision_tower.vision_tower."  # LLaVA's CLIPVisionTower wraps a CLIPVisionModel
+LEGACY_VISION_PREFIX = "vision_model."  # transformers 4 named CLIPVisionModel's weights vision_model.*
+# LLaVA's own training keys in config.json: they describe the run, not the language model.
+LLAVA_ONLY_KEYS = {
+    "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side",
+    "tune_mm_mlp_adapter", "tune_mm_vision_tower", "freeze_mm_mlp_adapter", "freeze_mm_vision_tower",
+    "unfreeze_mm_vision_tower", "use_mm_proj", "architectures", "model_type", "_name_or_path", "transformers_version",
+}
 # LLaVA's projector keys (after PROJECTOR_PREFIX) -> lntune's connector keys, per projector type.
 # linear: LLaVA's nn.Linear -> lntune's LinearConnector.linear; mlp2x_gelu: nn.Sequential(Linear, GELU, Linear)
 # -> transformers' LlavaMultiModalProjector (linear_1, act, linear_2).
@@ -187,3 +205,78 @@ def check_connector_shapes(tensors: dict[str, torch.Tensor], projector_type: str
                     for name, tensor in tensors.items() if tuple(tensor.shape) != expected[name]]
     if problems:
         raise LntuneError(f"{source}: the {projector_type} projector does not fit the model: {'; '.join(problems)}")
+
+
+# ---- full LLaVA checkpoints ----------------------------------------------------------------------------------
+
+def text_model_type(data: dict, where: Path) -> str:
+    """The transformers model_type of a LLaVA checkpoint's language model (llama, mistral)."""
+    for architecture in data.get("architectures") or []:
+        if architecture in LLAVA_ARCHITECTURES:
+            return LLAVA_ARCHITECTURES[architecture]
+    if data["model_type"] in LLAVA_MODEL_TYPES:
+        return LLAVA_MODEL_TYPES[data["model_type"]]
+    if data["model_type"] == "llava" and "text_config" in data:
+        raise LntuneError(f"{where} is already a Hugging Face Llava model: use it directly (e.g. --model), no import")
+    raise LntuneError(f"{where} is not a LLaVA-codebase checkpoint (architectures {data.get('architectures')}, "
+                      f"model_type {data['model_type']!r}); supported: {', '.join(LLAVA_ARCHITECTURES)}")
+
+
+def text_config_from_llava(data: dict, model_type: str):
+    """The language model's config: LLaVA's config.json is the LLM's own plus LLaVA's keys."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    kept = {key: value for key, value in data.items() if not key.startswith("mm_") and key not in LLAVA_ONLY_KEYS}
+    if kept.get("rope_scaling", 0) is None:
+        del kept["rope_scaling"]  # transformers 4's "no scaling"; today's configs say it in rope_parameters
+    config = AutoConfig.for_model(model_type, **kept)
+    config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    return config
+
+
+def read_checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: safetensors files, else pytorch_model*.bin (weights_only)."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    read = lambda path: load_file(str(path))  # noqa: E731
+    if not files:
+        # Only the model shards: LLaVA's training_args.bin beside them is a pickle of arguments, not weights.
+        files = sorted(directory.glob("pytorch_model*.bin"))
+        read = load_pickled_tensors
+    if not files:
+        raise LntuneError(f"{directory} has no weights (*.safetensors or pytorch_model*.bin)")
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        shard = read(path)
+        repeated = sorted(set(shard) & set(tensors))
+        if repeated:
+            raise LntuneError(f"{path} repeats tensors of another shard: {repeated[:3]}")
+        tensors.update(shard)
+    return tensors
+
+
+def renamed_checkpoint_tensors(tensors: dict[str, torch.Tensor], vision_names: set[str], source: Path):
+    """LLaVA's names -> lntune's Llava names (LLM and vision tower; the projector is handled apart)."""
+    renamed, dropped, unknown = {}, [], []
+    for name, tensor in tensors.items():
+        if name.startswith(PROJECTOR_PREFIX):
+            continue
+        if name.endswith(".rotary_emb.inv_freq"):
+            dropped.append(name)  # older transformers saved this computed buffer; today's recompute it
+            continue
+        if name.startswith(VISION_PREFIX):
+            tower_name = name[len(VISION_PREFIX):]
+            if tower_name not in vision_names and tower_name.removeprefix(LEGACY_VISION_PREFIX) in vision_names:
+                tower_name = tower_name.removeprefix(LEGACY_VISION_PREFIX)
+            renamed[f"model.vision_tower.{tower_name}"] = tensor
+            continue
+        prefix = next((prefix for prefix in LANGUAGE_PREFIXES if name.startswith(prefix)), None)
+        if prefix is None:
+            unknown.append(name)
+            continue
+        renamed[LANGUAGE_PREFIXES[prefix] + name[len(prefix):]] = tensor
+    if unknown:
+        raise LntuneError(f"{source} holds tensors lntune does not know where to put: {sorted(unknown)[:5]}")
+    return renamed, dropped

@@ -28,31 +28,14 @@ from lntune.model.build import (
 )
 from lntune.model.compose import compose_llava_config
 from lntune.model.llava_format import (
-    PROJECTOR_PREFIX, LlavaSettings, check_connector_shapes, connector_tensors, load_pickled_tensors,
-    projector_only_settings, read_llava_settings, setting_differences,
+    PROJECTOR_PREFIX, VISION_PREFIX, LlavaSettings, check_connector_shapes, connector_tensors, load_pickled_tensors,
+    projector_only_settings, read_checkpoint_tensors, read_llava_settings, renamed_checkpoint_tensors,
+    setting_differences, text_config_from_llava, text_model_type,
 )
 from lntune.model.load import load_llava_config, load_model, load_processor, model_class_for, torch_dtype
 from lntune.model.sources import config_json_path, load_vision_config, read_config_dict, require_weights
 
 IMPORT_INFO_FILE = "lntune_import.json"
-# The LLaVA classes lntune converts -> the transformers model_type of their language model.
-LLAVA_ARCHITECTURES = {"LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}
-LLAVA_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral"}
-# LLaVA checkpoint key prefix -> the key prefix in lntune's Llava model (transformers 5 module layout).
-LANGUAGE_PREFIXES = {
-    "model.embed_tokens.": "model.language_model.embed_tokens.",
-    "model.layers.": "model.language_model.layers.",
-    "model.norm.": "model.language_model.norm.",
-    "lm_head.": "lm_head.",
-}
-VISION_PREFIX = "model.vision_tower.vision_tower."  # LLaVA's CLIPVisionTower wraps a CLIPVisionModel
-LEGACY_VISION_PREFIX = "vision_model."  # transformers 4 named CLIPVisionModel's weights vision_model.*
-# LLaVA's own training keys in config.json: they describe the run, not the language model.
-LLAVA_ONLY_KEYS = {
-    "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side",
-    "tune_mm_mlp_adapter", "tune_mm_vision_tower", "freeze_mm_mlp_adapter", "freeze_mm_vision_tower",
-    "unfreeze_mm_vision_tower", "use_mm_proj", "architectures", "model_type", "_name_or_path", "transformers_version",
-}
 
 
 @contextlib.contextmanager
@@ -140,78 +123,6 @@ def import_projector(model_dir, projector_file, out, llava_config_file=None, ove
 
 # ---- full LLaVA checkpoints ----------------------------------------------------------------------------------
 
-def _text_model_type(data: dict, where: Path) -> str:
-    for architecture in data.get("architectures") or []:
-        if architecture in LLAVA_ARCHITECTURES:
-            return LLAVA_ARCHITECTURES[architecture]
-    if data["model_type"] in LLAVA_MODEL_TYPES:
-        return LLAVA_MODEL_TYPES[data["model_type"]]
-    if data["model_type"] == "llava" and "text_config" in data:
-        raise LntuneError(f"{where} is already a Hugging Face Llava model: use it directly (e.g. --model), no import")
-    raise LntuneError(f"{where} is not a LLaVA-codebase checkpoint (architectures {data.get('architectures')}, "
-                      f"model_type {data['model_type']!r}); supported: {', '.join(LLAVA_ARCHITECTURES)}")
-
-
-def _text_config(data: dict, model_type: str):
-    """The language model's config: LLaVA's config.json is the LLM's own plus LLaVA's keys."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    kept = {key: value for key, value in data.items() if not key.startswith("mm_") and key not in LLAVA_ONLY_KEYS}
-    if kept.get("rope_scaling", 0) is None:
-        del kept["rope_scaling"]  # transformers 4's "no scaling"; today's configs say it in rope_parameters
-    config = AutoConfig.for_model(model_type, **kept)
-    config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
-    return config
-
-
-def read_checkpoint_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: safetensors files, else pytorch_model*.bin (weights_only)."""
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    read = lambda path: load_file(str(path))  # noqa: E731
-    if not files:
-        # Only the model shards: LLaVA's training_args.bin beside them is a pickle of arguments, not weights.
-        files = sorted(directory.glob("pytorch_model*.bin"))
-        read = load_pickled_tensors
-    if not files:
-        raise LntuneError(f"{directory} has no weights (*.safetensors or pytorch_model*.bin)")
-    tensors: dict[str, torch.Tensor] = {}
-    for path in files:
-        shard = read(path)
-        repeated = sorted(set(shard) & set(tensors))
-        if repeated:
-            raise LntuneError(f"{path} repeats tensors of another shard: {repeated[:3]}")
-        tensors.update(shard)
-    return tensors
-
-
-def _renamed_tensors(tensors: dict[str, torch.Tensor], vision_names: set[str], source: Path):
-    """LLaVA's names -> lntune's Llava names (LLM and vision tower; the projector is handled apart)."""
-    renamed, dropped, unknown = {}, [], []
-    for name, tensor in tensors.items():
-        if name.startswith(PROJECTOR_PREFIX):
-            continue
-        if name.endswith(".rotary_emb.inv_freq"):
-            dropped.append(name)  # older transformers saved this computed buffer; today's recompute it
-            continue
-        if name.startswith(VISION_PREFIX):
-            tower_name = name[len(VISION_PREFIX):]
-            if tower_name not in vision_names and tower_name.removeprefix(LEGACY_VISION_PREFIX) in vision_names:
-                tower_name = tower_name.removeprefix(LEGACY_VISION_PREFIX)
-            renamed[f"model.vision_tower.{tower_name}"] = tensor
-            continue
-        prefix = next((prefix for prefix in LANGUAGE_PREFIXES if name.startswith(prefix)), None)
-        if prefix is None:
-            unknown.append(name)
-            continue
-        renamed[LANGUAGE_PREFIXES[prefix] + name[len(prefix):]] = tensor
-    if unknown:
-        raise LntuneError(f"{source} holds tensors lntune does not know where to put: {sorted(unknown)[:5]}")
-    return renamed, dropped
-
-
 def _check_tensors_fit(state: dict, expected: dict, tied: bool, source: Path) -> None:
     """Every weight of the model filled, with the shape its config.json implies; nothing left over."""
     missing = sorted(set(expected) - set(state) - ({"lm_head.weight"} if tied else set()))
@@ -243,7 +154,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         raise LntuneError(f"{checkpoint_dir} is a file; give the LLaVA checkpoint directory")
     _require_new_output(out, checkpoint_dir)
     data = read_config_dict(checkpoint_dir, "LLaVA checkpoint")
-    model_type = _text_model_type(data, config_file)
+    model_type = text_model_type(data, config_file)
     settings = read_llava_settings(data, config_file)
     if settings.vision_layer is None:
         raise LntuneError(f"{config_file} has no mm_vision_select_layer: is it a LLaVA model's config.json?")
@@ -271,8 +182,9 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         raise LntuneError(f"cannot load the tokenizer from {checkpoint_dir}: {error}") from None
     added_tokens = add_special_tokens(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    llava_config = compose_llava_config(_text_config(data, model_type), vision_config, settings.projector_type,
-                                        settings.vision_layer, settings.vision_select, image_token_id)
+    llava_config = compose_llava_config(text_config_from_llava(data, model_type), vision_config,
+                                        settings.projector_type, settings.vision_layer, settings.vision_select,
+                                        image_token_id)
     differences = setting_differences(settings, llava_config, other="--vision")
     if differences:
         raise LntuneError(f"--vision {vision_dir} is not the vision tower {checkpoint_dir} was trained with: "
@@ -290,7 +202,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         expected = {name: tuple(tensor.shape)
                     for name, tensor in model_class_for(llava_config)(llava_config).state_dict().items()}
     vision_names = {name.removeprefix("model.vision_tower.") for name in expected if name.startswith("model.vision_tower.")}
-    state, dropped = _renamed_tensors(tensors, vision_names, checkpoint_dir)
+    state, dropped = renamed_checkpoint_tensors(tensors, vision_names, checkpoint_dir)
     state.update({f"model.multi_modal_projector.{name}": tensor for name, tensor in connector.items()})
     if not tower_in_checkpoint:
         say(f"loading the vision tower from {vision_dir} (the checkpoint has none)")
