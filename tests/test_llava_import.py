@@ -103,6 +103,8 @@ def test_projector_import_gives_llava_image_features(connector, with_config, bui
     assert record["projector_type"] == connector
     assert (record["llava_settings"] is not None) == with_config
     assert load_processor(out).tokenizer.convert_tokens_to_ids("<image>") == imported.config.image_token_id
+    with pytest.raises(LntuneError, match="already exists and is not empty; choose another --out or pass --overwrite"):
+        import_projector(model_dir, projector, out, say=lambda m: None)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -187,7 +189,8 @@ def test_a_failed_import_leaves_nothing_behind(built_model, tmp_path, monkeypatc
 
 # ---- full LLaVA checkpoints ---------------------------------------------------------------------------------------
 
-def write_llava_checkpoint(source_dir, llm_dir, out, llm_family, tower, file_format, **setting_overrides):
+def write_llava_checkpoint(source_dir, llm_dir, out, llm_family, tower, file_format, dtype=None,
+                           **setting_overrides):
     """A LLaVA-codebase checkpoint made from a built model: LLaVA's names, the LLM's own vocabulary, two shards."""
     model = load_model(source_dir)
     vocabulary = model.config.image_token_id  # <image> was appended to the LLM's vocabulary by the build
@@ -205,7 +208,7 @@ def write_llava_checkpoint(source_dir, llm_dir, out, llm_family, tower, file_for
             llava_name = name
         if llava_name in ("model.embed_tokens.weight", "lm_head.weight"):
             tensor = tensor[:vocabulary]
-        tensors[llava_name] = tensor.clone().contiguous()
+        tensors[llava_name] = tensor.to(dtype or tensor.dtype).clone().contiguous()
     out.mkdir(parents=True)
     names = sorted(tensors)
     for index, shard_names in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
@@ -223,7 +226,8 @@ def write_llava_checkpoint(source_dir, llm_dir, out, llm_family, tower, file_for
     rope = text.pop("rope_parameters")
     for key in ("dtype", "_name_or_path", "architectures", "model_type", "transformers_version"):
         text.pop(key, None)
-    text.update(vocab_size=vocabulary, rope_theta=rope["rope_theta"], rope_scaling=None, torch_dtype="float32")
+    text.update(vocab_size=vocabulary, rope_theta=rope["rope_theta"], rope_scaling=None,
+                torch_dtype=str(dtype or torch.float32).removeprefix("torch."))
     architecture = {"llama": "LlavaLlamaForCausalLM", "mistral": "LlavaMistralForCausalLM"}[llm_family]
     settings = llava_settings(load_model(source_dir).config.lntune_connector, architectures=[architecture],
                               model_type="llava", **setting_overrides)  # LLaVA-1.5's own model_type is "llava"
@@ -270,6 +274,18 @@ def test_llava_checkpoint_converts_with_identical_logits(llm_family, connector, 
     record = json.loads((out / "lntune_import.json").read_text())
     assert (record["vision_tower_from"] == "checkpoint") == tower
     assert not (checkpoint / "code-ran").exists()
+
+
+def test_llava_checkpoint_keeps_its_dtype(built_model, backbone_dir, tmp_path):
+    """LLaVA saves half precision; the import keeps it (the float32 vision tower from --vision is cast)."""
+    checkpoint = tmp_path / "llava-checkpoint"
+    write_llava_checkpoint(built_model(), backbone_dir("llm", "llama"), checkpoint, "llama", False, "safetensors",
+                           dtype=torch.bfloat16)
+    out = import_llava_checkpoint(checkpoint, backbone_dir("vision", "clip"), tmp_path / "out", say=lambda m: None)
+    model = load_model(out)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        assert torch.isfinite(model(**image_inputs(out)).logits).all()
 
 
 @pytest.mark.parametrize("overrides,vision,message", [

@@ -153,6 +153,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
     if checkpoint_dir.is_file():
         raise LntuneError(f"{checkpoint_dir} is a file; give the LLaVA checkpoint directory")
     _require_new_output(out, checkpoint_dir)
+    prepare_output(out, overwrite)  # refuses an existing --out now, before the slow part
     data = read_config_dict(checkpoint_dir, "LLaVA checkpoint")
     model_type = text_model_type(data, config_file)
     settings = read_llava_settings(data, config_file)
@@ -227,7 +228,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
         model.generation_config = GenerationConfig.from_pretrained(str(checkpoint_dir), local_files_only=True)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    # LLaVA's evaluation pads images to a square when the run did (image_aspect_ratio pad); lntune's too.
+    # Recorded for evaluation: LLaVA's own pads each image to a square first when the run used `pad`.
     model.config.image_aspect_ratio = settings.image_aspect_ratio
     image_processor = load_image_processor(vision_dir, vision_config, say)
     processor, chat_template_source = make_processor(tokenizer, image_processor, llava_config)
