@@ -134,6 +134,14 @@ def test_projector_type_must_match_the_model(built_model, tmp_path):
         import_projector(built_model(connector="linear"), projector, tmp_path / "out", say=lambda m: None)
 
 
+def test_projector_needs_a_clip_model(built_model, tmp_path):
+    """LLaVA's vision tower is CLIP; its `patch` features drop a CLS token that SigLIP does not have."""
+    projector = tmp_path / "mm_projector.bin"
+    write_projector(built_model(), projector)
+    with pytest.raises(LntuneError, match="vision encoder: LLaVA CLIP, model siglip_vision_model"):
+        import_projector(built_model(vision="siglip"), projector, tmp_path / "out", say=lambda m: None)
+
+
 @pytest.mark.parametrize("shape,message", [
     ((32, 16), "input width 16, but the model's vision features are 32 wide"),
     ((20, 32), "output width 20, but the model's LLM hidden size is 32"),
