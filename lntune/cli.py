@@ -76,6 +76,40 @@ def _build_run(args) -> int:
     return 0
 
 
+# ---- import ---------------------------------------------------------------------------------------
+
+def _import_arguments(parser):
+    sources = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    projector = sources.add_parser(
+        "projector", help="a LLaVA stage-1 mm_projector.bin into a built model (written as a new model)",
+        description="Replace a built model's connector with a LLaVA stage-1 projector; the result is a new model.")
+    projector.add_argument("--model", required=True, help="a built MLLM directory with a matching connector")
+    projector.add_argument("--projector", required=True, help="LLaVA's mm_projector.bin")
+    projector.add_argument("--llava-config", help="the LLaVA run's config.json (default: the one beside --projector)")
+    llava = sources.add_parser(
+        "llava", help="a full LLaVA-codebase checkpoint (LlavaLlamaForCausalLM) -> a Llava model directory",
+        description="Convert a LLaVA-codebase checkpoint into the Hugging Face Llava layout lntune uses.")
+    llava.add_argument("--checkpoint", required=True, help="the LLaVA checkpoint directory")
+    llava.add_argument("--vision", help="local directory of its CLIP vision tower (mm_vision_tower): config, "
+                       "image processor, and the weights when the checkpoint has none")
+    llava.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16, float16")
+    for sub in (projector, llava):
+        sub.add_argument("--out", required=True, help="the new model directory")
+        sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+
+def _import_run(args) -> int:
+    from lntune.model.llava_import import import_llava_checkpoint, import_projector
+
+    say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.source == "projector":
+        import_projector(args.model, args.projector, args.out, args.llava_config, args.overwrite, say=say)
+    else:
+        import_llava_checkpoint(args.checkpoint, args.vision, args.out, args.dtype, args.overwrite, say=say)
+    return 0
+
+
 # ---- params ---------------------------------------------------------------------------------------
 
 def _params_arguments(parser):
@@ -493,6 +527,7 @@ def _compare_run(args) -> int:
 
 COMMANDS = {
     "build": (_build_arguments, _build_run, "assemble an MLLM from a local LLM and vision encoder"),
+    "import": (_import_arguments, _import_run, "import LLaVA-codebase weights (a stage-1 projector or a full checkpoint)"),
     "params": (_params_arguments, _params_run, "count total and trainable parameters per component and method"),
     "train": (_train_arguments, _train_run, "train a stage (pretrain / finetune) with a tuning method"),
     "merge": (_merge_arguments, _merge_run, "merge an adapter into its base model -> a full model directory"),

@@ -47,7 +47,7 @@ def add_special_tokens(tokenizer) -> list[str]:
     return added
 
 
-def _load_image_processor(vision_dir: Path, vision_config, say):
+def load_image_processor(vision_dir: Path, vision_config, say):
     from transformers import AutoImageProcessor, CLIPImageProcessor, SiglipImageProcessor
 
     if (vision_dir / "preprocessor_config.json").is_file():
@@ -78,14 +78,35 @@ def load_llm_tokenizer(llm_dir: Path, trust_remote_code: bool = False):
         raise LntuneError(f"cannot load the tokenizer from {llm_dir}: {reason}") from None
 
 
-def _load_vision_model(vision_dir: Path, vision_config, dtype):
+def load_vision_model(vision_dir: Path, vision_config, dtype):
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     model_class = CLIPVisionModel if vision_config.model_type in CLIP_TYPES else SiglipVisionModel
     return model_class.from_pretrained(str(vision_dir), dtype=dtype, local_files_only=True)
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
+def make_processor(tokenizer, image_processor, llava_config):
+    """The LlavaProcessor saved beside a model, and where its chat template came from ("llm" or "vicuna_v1")."""
+    from transformers import LlavaProcessor
+
+    # The LLM's own chat template if it has one (the format it was trained on), else LLaVA's vicuna_v1.
+    # Tokenizer and processor get the same one, so lntune's training and stock apply_chat_template agree.
+    source = "llm" if tokenizer.chat_template else "vicuna_v1"
+    chat_template = tokenizer.chat_template or VICUNA_V1
+    tokenizer.chat_template = chat_template
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=llava_config.vision_config.patch_size,
+        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if has_cls_token(llava_config.vision_config) else 0,
+        chat_template=chat_template,
+        image_token=IMAGE_TOKEN,
+    )
+    return processor, source
+
+
+def prepare_output(out: Path, overwrite: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise LntuneError(f"output {out} already exists and is not empty; choose another --out or pass --overwrite")
@@ -97,7 +118,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
 
 def build_mllm(config: BuildConfig, say=print) -> Path:
     """Build the MLLM that `config` describes and save it to `config.out`. Returns the output path."""
-    from transformers import AutoModelForCausalLM, LlavaProcessor
+    from transformers import AutoModelForCausalLM
 
     start = time.monotonic()
     llm_dir = require_weights(config.llm, "LLM")
@@ -105,7 +126,7 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     llm_config = load_llm_config(llm_dir, config.trust_remote_code)
     vision_config = load_vision_config(vision_dir)
     out = Path(config.out).expanduser()
-    staging = _prepare_output(out, config.overwrite)
+    staging = prepare_output(out, config.overwrite)
 
     tokenizer = load_llm_tokenizer(llm_dir, config.trust_remote_code)
     added_tokens = add_special_tokens(tokenizer)
@@ -117,8 +138,8 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     )
     dtype = llm.dtype
     say(f"loading vision encoder from {vision_dir} ({vision_config.model_type})")
-    vision = _load_vision_model(vision_dir, vision_config, dtype)
-    image_processor = _load_image_processor(vision_dir, vision_config, say)
+    vision = load_vision_model(vision_dir, vision_config, dtype)
+    image_processor = load_image_processor(vision_dir, vision_config, say)
 
     llava_config = compose_llava_config(
         llm.config, vision.config, config.connector, config.vision_layer, config.vision_select, image_token_id
@@ -153,19 +174,7 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    # The LLM's own chat template if it has one (the format it was trained on), else LLaVA's vicuna_v1.
-    # Tokenizer and processor get the same one, so lntune's training and stock apply_chat_template agree.
-    chat_template = tokenizer.chat_template or VICUNA_V1
-    tokenizer.chat_template = chat_template
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vision.config.patch_size,
-        vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
-        num_additional_image_tokens=1 if has_cls_token(vision.config) else 0,
-        chat_template=chat_template,
-        image_token=IMAGE_TOKEN,
-    )
+    processor, chat_template_source = make_processor(tokenizer, image_processor, llava_config)
     say(f"saving to {out}")
     model.save_pretrained(str(staging))
     processor.save_pretrained(str(staging))
@@ -179,7 +188,7 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
         "image_token_id": image_token_id,
         "image_seq_length": llava_config.image_seq_length,
         "added_tokens": added_tokens,
-        "chat_template": "llm" if chat_template is not VICUNA_V1 else "vicuna_v1",
+        "chat_template": chat_template_source,
         "dtype": str(dtype).replace("torch.", ""),
     }
     (staging / BUILD_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
