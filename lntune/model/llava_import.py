@@ -23,8 +23,8 @@ import torch
 from lntune import __version__
 from lntune.errors import LntuneError
 from lntune.model.build import (
-    BUILD_INFO_FILE, IMAGE_TOKEN, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model, make_processor,
-    prepare_output,
+    BUILD_INFO_FILE, IMAGE_TOKEN, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
+    make_processor, prepare_output,
 )
 from lntune.model.compose import compose_llava_config
 from lntune.model.llava_format import (
