@@ -12,7 +12,6 @@ torch.load(weights_only=True), allowing only the few DeepSpeed classes they hold
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import random
 import re
@@ -152,11 +151,7 @@ def select_checkpoint(accelerator, run_dir: Path, say) -> Path | None:
 def _deepspeed_loads_tensors_only(engine):
     """DeepSpeed reads its files with torch.load(weights_only=False), which runs whatever code a planted pickle names;
     here its checkpoint engine reads them with weights_only=True, allowing only the classes its files hold."""
-    classes = []
-    for name in manifest.DEEPSPEED_CLASSES:
-        module, _, attribute = name.rpartition(".")
-        with contextlib.suppress(ImportError, AttributeError):  # another DeepSpeed version: its files cannot hold it
-            classes.append(getattr(importlib.import_module(module), attribute))
+    classes = manifest.deepspeed_classes()
     checkpoint_engine = engine.checkpoint_engine
     original = checkpoint_engine.load
 

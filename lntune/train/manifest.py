@@ -10,8 +10,11 @@ few DeepSpeed classes it needs: loading such a pickle could run code).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -74,7 +77,7 @@ def _content_problem(path: Path, name: str) -> str | None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as error:  # safetensors raises its own error types for a bad header
-            return f"{name} is not a safetensors file ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            return f"{name} is not a safetensors file ({_first_line(error)})"
     elif name.endswith(".json"):
         try:
             json.loads(path.read_text())
@@ -84,12 +87,35 @@ def _content_problem(path: Path, name: str) -> str | None:
         import torch
 
         try:
-            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) - set(DEEPSPEED_CLASSES)
+            if zipfile.is_zipfile(path):  # torch's format: its pickle can be scanned without loading the tensors
+                unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) - set(DEEPSPEED_CLASSES)
+                if unsafe:
+                    return f"{name} holds Python objects that loading would run ({', '.join(sorted(unsafe))})"
+            else:  # torch's legacy format (DeepSpeed's checkpoint_serialization false): a tensors-only load runs no code
+                with torch.serialization.safe_globals(deepspeed_classes()):
+                    torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return f"{name} holds Python objects that loading would run"
         except Exception as error:  # not a torch file at all
-            return f"{name} is not a readable torch file ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-        if unsafe:
-            return f"{name} holds Python objects that loading would run ({', '.join(sorted(unsafe))})"
+            return f"{name} is not a readable torch file ({_first_line(error)})"
     return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def deepspeed_classes() -> list[type]:
+    """DEEPSPEED_CLASSES, imported (a class that this DeepSpeed version lacks cannot be in the files it wrote)."""
+    classes = []
+    for name in DEEPSPEED_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        try:
+            classes.append(getattr(importlib.import_module(module), attribute))
+        except (ImportError, AttributeError):
+            continue
+    return classes
 
 
 def problem(directory: Path) -> str | None:

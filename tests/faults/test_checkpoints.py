@@ -226,7 +226,16 @@ def test_planted_pickle_in_deepspeed_state_is_never_run(zero3_run, tmp_path):
     marker = tmp_path / "marker"
     checkpoint = shutil.copytree(_checkpoint(run, 1), tmp_path / "checkpoint")
     assert manifest.problem(checkpoint) is None  # DeepSpeed's own files pass: only the classes they need
-    _plant(_optimizer_states(checkpoint), marker)
+    states = _optimizer_states(checkpoint)
+    # DeepSpeed's checkpoint_serialization=false writes torch's legacy format: checked by a tensors-only load.
+    with torch.serialization.safe_globals(manifest.deepspeed_classes()):
+        torch.save(torch.load(states, weights_only=True), states, _use_new_zipfile_serialization=False)
+    manifest.write_manifest(checkpoint)
+    assert manifest.problem(checkpoint) is None
+    torch.save(_Planted(marker), states, _use_new_zipfile_serialization=False)
+    manifest.write_manifest(checkpoint)
+    assert "holds Python objects that loading would run" in manifest.problem(checkpoint)
+    _plant(states, marker)
     manifest.write_manifest(checkpoint)
     assert "holds Python objects that loading would run (builtins.exec)" in manifest.problem(checkpoint)
 
