@@ -4,8 +4,8 @@ Only trainable tensors are saved (kilobytes for LayerNorm tuning of a 7B model, 
 checkpoint directory appears under its final name only when complete: it is written as
 `.step-N.tmp`, sealed with a manifest (lntune.train.manifest: every file's size and sha256, written last) and
 renamed, so a run killed mid-save resumes from the previous one. Resuming verifies the newest checkpoint against its
-manifest and falls back to the newest intact one. Nothing in a checkpoint is a pickle that lntune loads: tensors and
-state are safetensors + JSON (lntune.train.state_file); DeepSpeed's own files are read with
+manifest and falls back to the newest intact one. Loading runs no code from a checkpoint: lntune's own files are
+safetensors + JSON (lntune.train.state_file), no pickle; DeepSpeed's files (pickles) are read with
 torch.load(weights_only=True), allowing only the few DeepSpeed classes they hold.
 """
 

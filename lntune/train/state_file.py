@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lntune.errors import LntuneError
+
 _METADATA_KEY = "lntune_state"
 
 
@@ -57,6 +59,9 @@ def load_state(path: Path):
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        tree = json.loads((handle.metadata() or {})[_METADATA_KEY])
+        metadata = handle.metadata() or {}
+        if _METADATA_KEY not in metadata:
+            raise LntuneError(f"{path} is a safetensors file but not lntune's saved state (no {_METADATA_KEY} metadata)")
+        tree = json.loads(metadata[_METADATA_KEY])
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     return _decode(tree, tensors)

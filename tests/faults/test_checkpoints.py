@@ -262,3 +262,18 @@ def test_failed_deepspeed_resume_undoes_its_process_wide_changes(zero3_run, tmp_
     errors = _lines_with(stderr, "error:")
     assert len(errors) == 1 and "DeepSpeed could not load its state" in errors[0]
     assert torch.nn.functional.linear is linear and "LOCAL_RANK" not in os.environ
+
+
+def test_state_file_keeps_types_without_pickle(tmp_path):
+    """Optimizer state keys are ints, betas a tuple, steps 0-d tensors; views are stored as their own data."""
+    from lntune.train.state_file import save_state
+
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.arange(6.0).reshape(2, 3)[:, :2]}},
+             "param_groups": [{"betas": (0.9, 0.999), "params": [0], "foreach": None, "name": "norms", "eps": float("inf")}]}
+    save_state(state, tmp_path / "state.safetensors")
+    loaded = load_state(tmp_path / "state.safetensors")
+    assert loaded["param_groups"] == state["param_groups"] and isinstance(loaded["param_groups"][0]["betas"], tuple)
+    assert list(loaded["state"]) == [0]
+    assert all(torch.equal(loaded["state"][0][key], state["state"][0][key]) for key in ("step", "exp_avg"))
+    with pytest.raises(TypeError, match="not object"):
+        save_state({"bad": object()}, tmp_path / "bad.safetensors")
