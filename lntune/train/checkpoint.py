@@ -2,11 +2,16 @@
 
 Only trainable tensors are saved (kilobytes for LayerNorm tuning of a 7B model, not 14 GB). A
 checkpoint directory appears under its final name only when complete: it is written as
-`.step-N.tmp` and renamed, so a run killed mid-save resumes from the previous one.
+`.step-N.tmp`, sealed with a manifest (lntune.train.manifest: every file's size and sha256, written last) and
+renamed, so a run killed mid-save resumes from the previous one. Resuming verifies the newest checkpoint against its
+manifest and falls back to the newest intact one. Loading runs no code from a checkpoint: lntune's own files are
+safetensors + JSON (lntune.train.state_file), no pickle; DeepSpeed's files (pickles) are read with
+torch.load(weights_only=True), allowing only the few DeepSpeed classes they hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -16,13 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lntune.errors import LntuneError
+from lntune.train import manifest
 from lntune.train.distributed import gather_trainable, load_optimizer_state, load_trainable, optimizer_state
+from lntune.train.state_file import load_state, save_state
 
 _NAME = re.compile(r"^step-(\d{8})$")
 
 
+def _step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint directories (renamed into place, not yet verified), oldest first."""
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
@@ -31,7 +43,12 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),  # (version, 625 ints, gauss_next)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -39,7 +56,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -58,7 +76,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(_rng_state(), staging / f"rng-{accelerator.process_index}.pt")
+    save_state(_rng_state(), staging / f"rng-{accelerator.process_index}.safetensors")
     if engine is not None:
         from lntune.train import zero
 
@@ -71,22 +89,90 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
     if accelerator.is_main_process:
         save_file(tensors, str(staging / "trainable.safetensors"))
         if engine is None:
-            torch.save(optimizer_state_dict, staging / "optimizer.pt")
-            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+            save_state(optimizer_state_dict, staging / "optimizer.safetensors")
+            save_state(scheduler.state_dict(), staging / "scheduler.safetensors")
         (staging / "state.json").write_text(json.dumps(dict(state, step=step, world_size=accelerator.num_processes), indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        manifest.write_manifest(staging)  # last: it vouches for every file above, every process's
+        if final.exists():
+            shutil.rmtree(final)  # a checkpoint that the resume of this run skipped as damaged
         staging.rename(final)
-        for old in checkpoint_dirs(run_dir)[:-keep]:
+        manifest.fsync_directory(root)
+        existing = checkpoint_dirs(run_dir)
+        older = [path for path in existing if _step_of(path) < step]
+        # Newer ones are from before the resume (damaged, or they would have been resumed from): this run replaces them.
+        newer = [path for path in existing if _step_of(path) > step]
+        for old in older[:max(0, len(older) - (keep - 1))] + newer:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
+def _newest_intact(run_dir: Path, say) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    skipped = []
+    for path in reversed(found):
+        reason = manifest.problem(path)
+        if reason is None:
+            for name, why in skipped:
+                say(f"warning: checkpoint {run_dir / 'checkpoints' / name} skipped: {why}")
+            return path
+        skipped.append((path.name, reason))
+    if not found:
+        return None
+    root = run_dir / "checkpoints"
+    raise LntuneError(f"--resume: no intact checkpoint in {root} ({'; '.join(f'{name}: {why}' for name, why in skipped)}); "
+                      f"delete {root} to run again from step 0, or {run_dir} to start afresh")
+
+
+def select_checkpoint(accelerator, run_dir: Path, say) -> Path | None:
+    """The checkpoint to resume from: the newest one that matches its manifest (None: there is none, start at step
+    0). Process 0 verifies and sends its choice (or its error) to the others, so that every process resumes from
+    the same checkpoint and verification reads the files once. Collective."""
+    verdict = None
+    if accelerator.is_main_process:
+        try:
+            path = _newest_intact(run_dir, say)
+            verdict = ("path", None if path is None else str(path))
+        except LntuneError as error:
+            verdict = ("error", str(error))
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        verdict = broadcast_object_list([verdict])[0]
+    kind, value = verdict
+    if kind == "error":
+        raise LntuneError(value)
+    return None if value is None else Path(value)
+
+
+@contextlib.contextmanager
+def _deepspeed_loads_tensors_only(engine):
+    """DeepSpeed reads its files with torch.load(weights_only=False), which runs whatever code a planted pickle names;
+    here its checkpoint engine reads them with weights_only=True, allowing only the classes its files hold."""
+    classes = manifest.deepspeed_classes()
+    checkpoint_engine = engine.checkpoint_engine
+    original = checkpoint_engine.load
+
+    def load(path, map_location=None):
+        with torch.serialization.safe_globals(classes):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    checkpoint_engine.load = load
+    try:
+        yield
+    finally:
+        checkpoint_engine.load = original
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False, engine=None) -> dict:
     from safetensors.torch import load_file
-
-    from lntune.errors import LntuneError
 
     state = json.loads((path / "state.json").read_text())
     if state["world_size"] != accelerator.num_processes:
@@ -97,10 +183,17 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharde
     if engine is not None:
         from lntune.train import zero
 
-        zero.load_engine_state(engine, path)  # trained weights, optimizer partitions and the schedule
+        try:
+            with _deepspeed_loads_tensors_only(engine):
+                zero.load_engine_state(engine, path)  # trained weights, optimizer partitions and the schedule
+        except LntuneError:
+            raise
+        except Exception as error:
+            raise LntuneError(f"{path}: DeepSpeed could not load its state ({_first_line(error)}); delete {path} to "
+                              "resume from the checkpoint before it") from error
     else:
         load_trainable(model, load_file(str(path / "trainable.safetensors")))
-        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False), sharded)
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=False))
+        load_optimizer_state(model, optimizer, load_state(path / "optimizer.safetensors"), sharded)
+        scheduler.load_state_dict(load_state(path / "scheduler.safetensors"))
+    _set_rng_state(load_state(path / f"rng-{accelerator.process_index}.safetensors"))
     return state

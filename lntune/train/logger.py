@@ -1,25 +1,47 @@
 """Training logs: metrics.jsonl (one JSON object per logged step), TensorBoard, and gradient statistics.
 
-metrics.jsonl is appended and flushed line by line, so a killed run keeps every step it logged; a
-resumed run first drops lines past its checkpoint, so the file never holds a step twice.
+metrics.jsonl is appended and flushed line by line, so a killed run keeps every step it logged (and at most a cut-off
+last line); a resumed run first drops lines past its checkpoint, so the file never holds a step twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
-
+from lntune.errors import LntuneError
 from lntune.model.parts import locate_parts
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep only records with step <= last_step (after resuming from that step)."""
+def truncate_jsonl(path: Path, last_step: int, say=None) -> None:
+    """Keep only records with step <= last_step (after resuming from that step), rewriting the file atomically.
+
+    A last line that is not a JSON record is what a kill in the middle of a write leaves: it is dropped, with a note.
+    Anywhere else such a line is damage that a kill cannot cause: an error naming the line."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text(errors="replace").splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    kept = []
+    for index, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if index == len(numbered) - 1:
+                if say is not None:
+                    say(f"note: {path} line {number} dropped: cut off when the run stopped ({line[:40]!r})")
+                break
+            raise LntuneError(f"{path} line {number}: not a JSON record ({line[:40]!r}); only a cut-off last line "
+                              "is dropped on resume: repair or delete this line, then resume again")
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)  # a kill during the rewrite leaves the old file, not half of it
 
 
 class MetricsLogger:

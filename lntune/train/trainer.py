@@ -33,7 +33,7 @@ from lntune.methods import apply_method
 from lntune.model.load import load_model, load_processor
 from lntune.model.parts import unwrap
 from lntune.train import zero
-from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from lntune.train.checkpoint import load_checkpoint, save_checkpoint, select_checkpoint
 from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
@@ -58,8 +58,8 @@ def _memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: lifetime peak, KiB
 
 
-def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | None:
-    """Create the run dir or check it for resuming. Returns the checkpoint to resume from."""
+def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> None:
+    """Create the run dir or check it for resuming."""
     out = Path(config.out)
     saved = out / "config.yaml"
     wanted = config_to_dict(config)
@@ -70,8 +70,7 @@ def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> Path | N
         differing = sorted(key for key in _diff(previous, wanted) if key != "out")  # a run dir may be moved
         if differing:
             raise LntuneError(f"--resume: the configuration differs from {saved} at {', '.join(differing)}")
-        found = checkpoint_dirs(out)
-        return found[-1] if found else None
+        return None
     if not is_main:
         return None  # the main process checks and creates the directory
     if out.exists() and not out.is_dir():
@@ -113,6 +112,16 @@ def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     """Run `config`; returns the run directory. Rank 0 writes all files."""
+    try:
+        return _train(config, resume, say)
+    except BaseException:
+        # A DeepSpeed run that failed anywhere after zero.initialize (resuming, training, saving) undoes its
+        # process-wide changes, for later runs in this process (lntune compare, notebooks).
+        zero.shutdown_all()
+        raise
+
+
+def _train(config: RunConfig, resume: bool, say) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -144,9 +153,11 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
     )
     is_main = accelerator.is_main_process
     log = say if is_main else (lambda message: None)
-    resume_from = _prepare_run_dir(config, resume, is_main)
+    _prepare_run_dir(config, resume, is_main)
     accelerator.wait_for_everyone()
     run_dir = Path(config.out)
+    # Before any work: the newest checkpoint that matches its manifest (an error if none of several does).
+    resume_from = select_checkpoint(accelerator, run_dir, log) if resume else None
     set_seed(train_config.seed)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -186,8 +197,8 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
         start_step, counters = state["step"], state["counters"]
         log(f"resuming from {resume_from} (step {start_step} of {total_steps})")
     if is_main:
-        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
-        truncate_jsonl(run_dir / "grad_stats.jsonl", start_step)
+        truncate_jsonl(run_dir / "metrics.jsonl", start_step, log)
+        truncate_jsonl(run_dir / "grad_stats.jsonl", start_step, log)
     base_print = fingerprint(config.model)
 
     grouping = {}
@@ -314,10 +325,6 @@ def train(config: RunConfig, resume: bool = False, say=None) -> Path:
             if train_config.save_every and step % train_config.save_every == 0 and step < total_steps:
                 save_checkpoint(accelerator, run_dir, step, plain_model, optimizer, scheduler,
                                 {"counters": counters}, train_config.keep_checkpoints, sharded, engine)
-    except BaseException:
-        if engine is not None:
-            zero.shutdown(engine)  # undo DeepSpeed's process-wide changes for later runs in this process
-        raise
     finally:
         progress.close()
         logger.close()

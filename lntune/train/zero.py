@@ -111,6 +111,9 @@ def _process_group_of_one() -> None:
                                          init_method=f"tcp://127.0.0.1:{port}")
 
 
+_LIVE_ENGINES: list = []  # engines made by initialize() and not yet shut down (their changes are in effect)
+
+
 def initialize(model, optimizer, scheduler, stage: int, train_config, world: int, precision: str, extra: dict):
     """Wrap `model` in a DeepSpeed engine. Returns (engine, optimizer, scheduler); the engine steps both.
     With one process it makes a process group of one and keeps it for later runs in the process (DeepSpeed caches
@@ -134,6 +137,7 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
         _undo(saved)
         raise
     engine.lntune_saved_process_state = saved
+    _LIVE_ENGINES.append(engine)  # until shutdown: a run that fails anywhere later undoes the changes too
     return engine, optimizer, scheduler
 
 
@@ -146,9 +150,18 @@ def _undo(saved) -> None:
 
 def shutdown(engine) -> None:
     """Release the engine and undo DeepSpeed's process-wide changes (see initialize)."""
-    if hasattr(engine, "destroy"):
-        engine.destroy()
-    _undo(engine.lntune_saved_process_state)
+    _LIVE_ENGINES[:] = [live for live in _LIVE_ENGINES if live is not engine]
+    try:
+        if hasattr(engine, "destroy"):
+            engine.destroy()
+    finally:
+        _undo(engine.lntune_saved_process_state)
+
+
+def shutdown_all() -> None:
+    """Shut down every engine still live (newest first): what a failed run calls, wherever it failed."""
+    while _LIVE_ENGINES:
+        shutdown(_LIVE_ENGINES[-1])
 
 
 def numel(parameter) -> int:
