@@ -167,9 +167,10 @@ def check_model_files(model_dir: str | Path, remedy: str = RECOPY) -> None:
 def loading(model_dir: str | Path, what: str, remedy: str = RECOPY, check: bool = True):
     """Around a from_pretrained call: an unreadable or damaged file becomes an LntuneError naming it.
 
-    `check_model_files` runs first (unless the caller just ran it: check=False) and names the file when it can; what the library still trips over (a damaged
-    .bin, a missing file) is reported with the directory and the library's own reason. Other errors keep their
-    traceback (they are bugs, not the user's files), and OS refusals of a write (disk full) pass to the CLI."""
+    `check_model_files` runs first (unless the caller just ran it: check=False) and names the file when it can;
+    what the library still trips over (a damaged .bin, a missing file) is reported with the directory and the
+    library's own reason. Other errors keep their traceback (they are bugs, not the user's files), and OS refusals
+    (permission denied) pass through to the CLI's one line."""
     import pickle
 
     from safetensors import SafetensorError
@@ -187,7 +188,21 @@ def loading(model_dir: str | Path, what: str, remedy: str = RECOPY, check: bool 
         if isinstance(error, RuntimeError) and "PytorchStreamReader" not in str(error):
             raise  # torch.load of a damaged .bin says PytorchStreamReader; other RuntimeErrors are not about files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        damaged = _incomplete_torch_files(model_dir)
+        if damaged:
+            reason = f"{damaged[0]} is truncated or corrupt (not a complete torch archive)"
         raise LntuneError(f"cannot load {what} from {model_dir}: {reason}; {remedy}") from None
+
+
+def _incomplete_torch_files(model_dir: str | Path) -> list[Path]:
+    """The *.bin weights that are not complete zip archives (torch.save's format since torch 1.6; a cut-off copy
+    loses the archive's directory at its end). Only asked once loading has failed, to name the file."""
+    import zipfile
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return [path for path in sorted(model_dir.glob("*.bin")) if not zipfile.is_zipfile(path)]
 
 
 # ---- the operating system refusing a write -------------------------------------------------------

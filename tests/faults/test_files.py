@@ -63,6 +63,22 @@ def test_damaged_llm_weights_name_the_file(capsys, world, tmp_path, damage):
     assert tree_digest(llm) == before and not (tmp_path / "mllm").exists() and not leftovers(tmp_path)
 
 
+def test_truncated_torch_bin_weights_name_the_file(capsys, world, tmp_path):
+    """Weights in torch's .bin format (older checkpoints) reach torch.load; a cut-off one is named all the same."""
+    import torch
+    from safetensors.torch import load_file
+
+    llm = shutil.copytree(world["llm"], tmp_path / "llm")
+    torch.save(load_file(str(llm / "model.safetensors")), llm / "pytorch_model.bin")
+    (llm / "model.safetensors").unlink()
+    _truncate(llm / "pytorch_model.bin")
+    before = tree_digest(llm)
+    code, err = run_main(capsys, "build", "--llm", llm, "--vision", world["vision"], "--out", tmp_path / "mllm")
+    assert_one_line_error(code, err, "build", "cannot load the LLM", str(llm / "pytorch_model.bin"),
+                          "truncated or corrupt", "re-copy or re-download it", progress=True)
+    assert tree_digest(llm) == before and not (tmp_path / "mllm").exists() and not leftovers(tmp_path)
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "merge"])
 def test_damaged_built_model_names_the_file(capsys, world, tmp_path, command):
     model = shutil.copytree(world["model"], tmp_path / "model")
