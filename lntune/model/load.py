@@ -65,6 +65,9 @@ def check_model_dir(path: str | Path, trust_remote_code: bool = False):
     from lntune.files import check_model_files
     from lntune.model.sources import require_weights
 
+    path = Path(path).expanduser()
+    if path.is_file():
+        raise LntuneError(f"model {path} is a file; give the model directory (config.json and weights)")
     config = load_llava_config(path, trust_remote_code)
     check_model_files(require_weights(path, "model"), REBUILD)
     return config
