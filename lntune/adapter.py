@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from lntune import __version__
 from lntune.errors import LntuneError
+from lntune.files import (
+    REBUILD, RETRAIN, check_out_apart, check_safetensors, load_safetensors, loading, read_json_object,
+    safetensors_header, staged_directory,
+)
 
 MANIFEST = "adapter.json"
 TENSORS = "trainable.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_TENSORS = "adapter_model.safetensors"
 _SAMPLE_BYTES = 256
 
 
@@ -40,14 +45,13 @@ def fingerprint(model_dir: str | Path) -> str:
     if not weight_files:
         raise LntuneError(f"{model_dir} has no *.safetensors weights to fingerprint")
     for path in weight_files:
+        header, data_start = safetensors_header(path, REBUILD)
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}".encode())
         with path.open("rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            header = handle.read(header_size)
-            digest.update(header)
-            data_start = 8 + header_size
-            for name, entry in sorted(json.loads(header).items()):
+            handle.seek(8)
+            digest.update(handle.read(data_start - 8))  # the header's bytes, as stored
+            for name, entry in sorted(header.items()):
                 if name == "__metadata__":
                     continue
                 start, end = entry["data_offsets"]
@@ -67,8 +71,7 @@ def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
     """The floating dtype holding most of a model directory's weights on disk (read from the safetensors headers)."""
     elements: dict[str, int] = {}
     for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with path.open("rb") as handle:
-            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        header, _ = safetensors_header(path, REBUILD)
         for name, entry in header.items():
             if name != "__metadata__" and entry["dtype"] in _HEADER_DTYPES:
                 count = 1
@@ -80,17 +83,15 @@ def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
 
 def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
                  base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None,
-                 image_aspect_ratio: str | None = None) -> Path:
+                 image_aspect_ratio: str | None = None, prompt: dict | None = None) -> Path:
     """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter.
-    `image_aspect_ratio` (pad / crop, as training resolved it) is recorded so that evaluation uses the same."""
+    `image_aspect_ratio` (pad / crop, as training resolved it) and `prompt` (template, system, image placement) are
+    recorded so that evaluation and chat show the model what training did."""
     from safetensors.torch import save_file
 
     from lntune.train.distributed import gather_trainable
 
     out = Path(out)
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     from lntune.methods.lora import lora_parameters
 
     tensors = tensors if tensors is not None else gather_trainable(model)
@@ -103,12 +104,8 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
     lora_ids = {id(parameter) for parameter in lora_parameters(model)}
     lora_names = {name for name, parameter in model.named_parameters() if id(parameter) in lora_ids}
     is_lora = hasattr(model, "peft_config")
-    if is_lora:
-        # PEFT's own files (adapter_config.json + adapter_model.safetensors) from the LoRA tensors.
-        model.save_pretrained(str(staging), state_dict={k: v for k, v in tensors.items() if k in lora_names})
     # The rest by their names in the plain Llava model (named_parameters lists a tied tensor once).
-    tensors = {name.removeprefix(PEFT_PREFIX): t for name, t in tensors.items() if name not in lora_names}
-    save_file(tensors, str(staging / TENSORS), metadata={"format": "pt"})
+    plain = {name.removeprefix(PEFT_PREFIX): t for name, t in tensors.items() if name not in lora_names}
     manifest = {
         "format": "lntune-adapter",
         "version": 1,
@@ -118,44 +115,75 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         "lora": is_lora,
         "base_model": str(Path(base_dir).resolve()),
         "base_fingerprint": base_fingerprint or fingerprint(base_dir),
-        "tensors": {name: list(tensor.shape) for name, tensor in tensors.items()},
+        "tensors": {name: list(tensor.shape) for name, tensor in plain.items()},
     }
     if image_aspect_ratio is not None:
         manifest["image_aspect_ratio"] = image_aspect_ratio
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    if prompt is not None:
+        manifest["prompt"] = prompt
+    # Written whole or not at all: a full disk or Ctrl-C leaves the previous adapter (if any) as it was.
+    with staged_directory(out) as staging:
+        if is_lora:
+            # PEFT's own files (adapter_config.json + adapter_model.safetensors) from the LoRA tensors.
+            model.save_pretrained(str(staging), state_dict={k: v for k, v in tensors.items() if k in lora_names})
+        save_file(plain, str(staging / TENSORS), metadata={"format": "pt"})
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
 
+_MANIFEST_KEYS = ("format", "method", "lora", "base_model", "base_fingerprint", "tensors")
+
+
 def read_manifest(adapter_dir: str | Path) -> dict:
-    path = Path(adapter_dir) / MANIFEST
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / MANIFEST
+    if not adapter_dir.is_dir():
+        raise LntuneError(f"adapter {adapter_dir} is not a folder (give a run's adapter/ folder)")
     if not path.is_file():
         raise LntuneError(f"{adapter_dir} is not an lntune adapter (no {MANIFEST})")
-    return json.loads(path.read_text())
+    manifest = read_json_object(path, RETRAIN)
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    if missing or manifest["format"] != "lntune-adapter":
+        raise LntuneError(f"{path} is not an lntune adapter manifest (missing {', '.join(missing) or 'format'}); "
+                          f"{RETRAIN}")
+    return manifest
+
+
+def check_adapter(adapter_dir: str | Path) -> dict:
+    """Everything about an adapter folder that can be checked without a model: its manifest, its tensors file and,
+    for LoRA, PEFT's files. Returns the manifest."""
+    adapter_dir = Path(adapter_dir)
+    manifest = read_manifest(adapter_dir)
+    check_safetensors(adapter_dir / TENSORS, RETRAIN)
+    if manifest["lora"]:
+        for name in (PEFT_CONFIG, PEFT_TENSORS):
+            if not (adapter_dir / name).is_file():
+                raise LntuneError(f"LoRA adapter {adapter_dir} has no {name} (PEFT's part of a LoRA adapter); {RETRAIN}")
+        read_json_object(adapter_dir / PEFT_CONFIG, RETRAIN)
+        check_safetensors(adapter_dir / PEFT_TENSORS, RETRAIN)
+    return manifest
 
 
 def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
     """Put an adapter's tensors into `model` (loaded from `base_dir`). Returns the model (PEFT-wrapped for LoRA)."""
-    from safetensors.torch import load_file
-
     adapter_dir = Path(adapter_dir)
-    manifest = read_manifest(adapter_dir)
+    manifest = check_adapter(adapter_dir)
     actual = fingerprint(base_dir)
     if actual != manifest["base_fingerprint"]:
         raise LntuneError(
             f"adapter {adapter_dir} was trained on another base model (fingerprint {manifest['base_fingerprint']}, "
             f"from {manifest['base_model']}); {base_dir} has fingerprint {actual}. Load it on the model it was trained from."
         )
+    tensors = load_safetensors(adapter_dir / TENSORS, RETRAIN)
     if manifest["lora"]:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        # local_files_only: a folder name that looks like a hub id must never reach the network.
+        with loading(adapter_dir, "the LoRA adapter", RETRAIN, check=False):
+            model = PeftModel.from_pretrained(model, str(adapter_dir), local_files_only=True)
     from lntune.model.parts import unwrap
 
     parameters = dict(unwrap(model).named_parameters())
-    tensors = load_file(str(adapter_dir / TENSORS))
     for name, tensor in tensors.items():
         if name not in parameters or parameters[name].shape != tensor.shape:
             raise LntuneError(f"adapter tensor {name} {list(tensor.shape)} does not fit the model {base_dir}")
@@ -167,11 +195,14 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
     """A full model directory: base + adapter, LoRA merged into the weights. The adapter's image aspect ratio
     goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key), where evaluation finds it."""
-    from lntune.model.load import load_model, load_processor
+    from lntune.model.load import check_model_dir, load_model, load_processor
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    check_out_apart(out, {"base model": base_dir, "adapter": adapter_dir})
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LntuneError(f"output {out} already exists and is not empty; choose another --out")
+    check_model_dir(base_dir)  # every input checked before the slow part
+    check_adapter(adapter_dir)
     model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -184,15 +215,12 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path
 
 
 def save_model_dir(model, processor, out: str | Path, base_dir: str | Path) -> None:
-    """Save a full model + processor atomically, carrying the base's build record along."""
-    out = Path(out)
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    processor.save_pretrained(str(staging))
-    build_record = Path(base_dir) / "lntune_build.json"
-    if build_record.is_file():
-        shutil.copy(build_record, staging / build_record.name)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    """Save a full model + processor atomically (whole or not at all), carrying the base's build record along."""
+    import shutil
+
+    with staged_directory(Path(out)) as staging:
+        model.save_pretrained(str(staging))
+        processor.save_pretrained(str(staging))
+        build_record = Path(base_dir) / "lntune_build.json"
+        if build_record.is_file():
+            shutil.copy(build_record, staging / build_record.name)

@@ -1,6 +1,7 @@
 """`lntune <command>`: COMMANDS maps each command name to (define its arguments, run it).
 
-Errors a user can cause (LntuneError) print as one line and exit 1; `--debug` shows the traceback.
+Errors a user can cause (LntuneError) print as one line and exit 1, and so does the OS refusing a write (disk full,
+read-only file system, permission denied); `--debug` shows the traceback.
 Nothing is ever downloaded: HF_HUB_OFFLINE is set before transformers is imported.
 """
 
@@ -559,9 +560,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _library_progress_bars_only_on_a_terminal() -> None:
+    """transformers' and the hub's progress bars ("Loading weights", "Writing model shards") are for a person
+    watching; written into a pipe or a log file they are noise in front of the one line an error gets."""
+    if sys.stderr.isatty():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:  # imported already (the Python API, tests): switch it off directly
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub are imported
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    _library_progress_bars_only_on_a_terminal()
     # PEFT still calls a transformers API that v5 deprecated; the warning is not the user's to act on.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = make_parser().parse_args(argv)
@@ -577,6 +591,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # The OS refusing a write (disk full, read-only, permission denied) can surface from any library a command
+        # calls, wrapped or not; it is the user's to fix, so it gets one line too. Anything else is a bug.
+        from lntune.files import os_error_message
+
+        message = os_error_message(error, getattr(args, "out", None))
+        if message is None or args.debug:
+            raise
+        print(f"lntune {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

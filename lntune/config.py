@@ -8,6 +8,7 @@ dotted `key.sub=value` overrides both end in that call, so the CLI and the Pytho
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -80,10 +81,9 @@ class MethodConfig:
         from lntune.methods.registry import METHODS  # local: the registry imports this module's names
 
         _check_choice("method", self.name, METHODS)
-        if self.lora_rank < 1:
-            raise LntuneError(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise LntuneError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check_at_least("method.lora_rank", self.lora_rank, 1)
+        _check_positive("method.lora_alpha", self.lora_alpha)
+        _check_fraction("method.lora_dropout", self.lora_dropout)
         if self.lora_target_modules is not None and not self.lora_target_modules:
             raise LntuneError("lora_target_modules is empty: give at least one module name, or leave it unset")
 
@@ -149,8 +149,9 @@ class DataConfig:
         _check_choice("overlong policy", self.overlong, OVERLONG_POLICIES)
         _check_choice("image_placement", self.image_placement, IMAGE_PLACEMENTS)
         _check_choice("image_aspect_ratio", self.image_aspect_ratio, IMAGE_ASPECT_RATIOS)
-        if self.max_length < 8:
-            raise LntuneError(f"max_length must be >= 8, got {self.max_length}")
+        _check_at_least("data.max_length", self.max_length, 8)
+        _check_at_least("data.max_image_pixels", self.max_image_pixels, 1)
+        _check_at_least("data.num_workers", self.num_workers, 0)
 
 
 @dataclass(frozen=True)
@@ -216,14 +217,22 @@ class TrainConfig:
             raise LntuneError(f"deepspeed_config {self.deepspeed_config} needs distributed zero2 or zero3 "
                               f"(got {self.distributed})")
         for name in ("batch_size", "grad_accum", "global_batch_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise LntuneError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise LntuneError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise LntuneError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise LntuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if getattr(self, name) is not None:  # grad_accum / global_batch_size: None = derived / unset
+                _check_at_least(f"train.{name}", getattr(self, name), 1)
+        if self.max_steps is not None:
+            _check_at_least("train.max_steps", self.max_steps, 1)
+        if self.max_steps is None:
+            _check_positive("train.epochs", self.epochs)
+        for name in ("lr", "norm_lr", "connector_lr", "embedding_lr"):
+            if getattr(self, name) is not None:
+                # a negative rate would climb the loss (gradient ascent), zero would train nothing
+                _check_positive(f"train.{name}", getattr(self, name))
+        _check_not_negative("train.weight_decay", self.weight_decay)
+        _check_not_negative("train.max_grad_norm", self.max_grad_norm)
+        _check_fraction("train.warmup_ratio", self.warmup_ratio)
+        _check_at_least("train.save_every", self.save_every, 0)
+        if not 0 <= self.seed < 2**32:  # numpy's seed range
+            raise LntuneError(f"train.seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,28 @@ def _check_choice(what: str, value, valid) -> None:
         raise LntuneError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
+# Value checks name the dotted key (as in YAML files and KEY=VALUE overrides) and the value given.
+
+def _check_at_least(key: str, value: int, lowest: int) -> None:
+    if value < lowest:
+        raise LntuneError(f"{key} must be >= {lowest}, got {value}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise LntuneError(f"{key} must be a number > 0, got {value}")
+
+
+def _check_not_negative(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise LntuneError(f"{key} must be a number >= 0, got {value}")
+
+
+def _check_fraction(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise LntuneError(f"{key} must be in [0, 1), got {value}")
+
+
 # ---- generic loading: mapping / YAML / dotted overrides -> frozen dataclass --------------------
 
 T = typing.TypeVar("T")
@@ -267,15 +298,12 @@ def config_from_dict(cls: type[T], data: dict, source: str = "config") -> T:
 
 
 def load_yaml(path: str | Path) -> dict:
+    from lntune.files import read_yaml
+
     path = Path(path)
     if not path.is_file():
         raise LntuneError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise LntuneError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    data = read_yaml(path, "check the --config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

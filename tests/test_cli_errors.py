@@ -12,6 +12,8 @@ from lntune.cli import main
 
 
 def run_main(capsys, *argv):
+    """main's exit code and what main itself wrote to stderr (not what fixtures printed while making its inputs)."""
+    capsys.readouterr()
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.err.strip()

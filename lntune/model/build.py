@@ -1,16 +1,15 @@
 """Assemble an MLLM: local causal LM + local CLIP/SigLIP encoder + a new connector -> HF Llava directory.
 
 The pretrained modules are loaded once and moved into a Llava skeleton created on the meta device,
-so building a 7B model needs the memory of the 7B model, not twice that. The output is written to a
-temporary directory beside the target and renamed at the end: an interrupted build leaves no
-half-written model behind.
+so building a 7B model needs the memory of the 7B model, not twice that. Every input is checked (configs,
+weight files, tokenizer files) before anything is written; the output is written to a staging folder beside
+the target and renamed at the end, and the staging folder is removed on any failure (a full disk, Ctrl-C):
+a failed build leaves nothing behind, and an --out that is, holds or lies inside an input is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from lntune import __version__
 from lntune.config import BuildConfig
 from lntune.data.chat import VICUNA_V1
 from lntune.errors import LntuneError
+from lntune.files import RECOPY, check_model_files, check_out_apart, loading, staged_directory
 from lntune.model.compose import compose_llava_config, has_cls_token
 from lntune.model.connector import make_connector
 from lntune.model.load import model_class_for, torch_dtype
@@ -48,10 +48,14 @@ def add_special_tokens(tokenizer) -> list[str]:
 
 
 def load_image_processor(vision_dir: Path, vision_config, say):
-    from transformers import AutoImageProcessor, CLIPImageProcessor, SiglipImageProcessor
+    from transformers import AutoImageProcessor
 
     if (vision_dir / "preprocessor_config.json").is_file():
-        return AutoImageProcessor.from_pretrained(str(vision_dir), local_files_only=True)
+        with loading(vision_dir, "the image processor", RECOPY, check=False):
+            return AutoImageProcessor.from_pretrained(str(vision_dir), local_files_only=True)
+    # Imported only here: without torchvision, importing these names makes transformers warn about its fallback.
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
     size = vision_config.image_size
     say(f"warning: {vision_dir} has no preprocessor_config.json; using the standard processor at {size}px")
     if vision_config.model_type in CLIP_TYPES:
@@ -82,7 +86,8 @@ def load_vision_model(vision_dir: Path, vision_config, dtype):
     from transformers import CLIPVisionModel, SiglipVisionModel
 
     model_class = CLIPVisionModel if vision_config.model_type in CLIP_TYPES else SiglipVisionModel
-    return model_class.from_pretrained(str(vision_dir), dtype=dtype, local_files_only=True)
+    with loading(vision_dir, "the vision encoder", RECOPY, check=False):
+        return model_class.from_pretrained(str(vision_dir), dtype=dtype, local_files_only=True)
 
 
 def make_processor(tokenizer, image_processor, llava_config):
@@ -106,14 +111,12 @@ def make_processor(tokenizer, image_processor, llava_config):
     return processor, source
 
 
-def prepare_output(out: Path, overwrite: bool) -> Path:
+def check_output(out: Path, overwrite: bool, inputs: dict) -> None:
+    """Refuse an --out that overlaps an input, or that exists and is not empty without --overwrite."""
+    check_out_apart(out, inputs)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise LntuneError(f"output {out} already exists and is not empty; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    return staging
 
 
 def build_mllm(config: BuildConfig, say=print) -> Path:
@@ -126,16 +129,20 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
     llm_config = load_llm_config(llm_dir, config.trust_remote_code)
     vision_config = load_vision_config(vision_dir)
     out = Path(config.out).expanduser()
-    staging = prepare_output(out, config.overwrite)
+    check_output(out, config.overwrite, {"LLM": llm_dir, "vision": vision_dir})
+    check_model_files(llm_dir, RECOPY)
+    check_model_files(vision_dir, RECOPY)
 
     tokenizer = load_llm_tokenizer(llm_dir, config.trust_remote_code)
     added_tokens = add_special_tokens(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
     say(f"loading LLM from {llm_dir} ({llm_config.model_type})")
-    llm = AutoModelForCausalLM.from_pretrained(
-        str(llm_dir), dtype=torch_dtype(config.dtype), local_files_only=True, trust_remote_code=config.trust_remote_code
-    )
+    with loading(llm_dir, "the LLM", RECOPY, check=False):
+        llm = AutoModelForCausalLM.from_pretrained(
+            str(llm_dir), dtype=torch_dtype(config.dtype), local_files_only=True,
+            trust_remote_code=config.trust_remote_code,
+        )
     dtype = llm.dtype
     say(f"loading vision encoder from {vision_dir} ({vision_config.model_type})")
     vision = load_vision_model(vision_dir, vision_config, dtype)
@@ -176,8 +183,6 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
 
     processor, chat_template_source = make_processor(tokenizer, image_processor, llava_config)
     say(f"saving to {out}")
-    model.save_pretrained(str(staging))
-    processor.save_pretrained(str(staging))
     record = {
         "lntune_version": __version__,
         "llm": str(llm_dir.resolve()),
@@ -191,9 +196,9 @@ def build_mllm(config: BuildConfig, say=print) -> Path:
         "chat_template": chat_template_source,
         "dtype": str(dtype).replace("torch.", ""),
     }
-    (staging / BUILD_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    with staged_directory(out) as staging:
+        model.save_pretrained(str(staging))
+        processor.save_pretrained(str(staging))
+        (staging / BUILD_INFO_FILE).write_text(json.dumps(record, indent=2) + "\n")
     say(f"built {out} in {time.monotonic() - start:.1f}s ({llava_config.image_seq_length} image tokens per image)")
     return out

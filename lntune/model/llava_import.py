@@ -22,9 +22,10 @@ import torch
 
 from lntune import __version__
 from lntune.errors import LntuneError
+from lntune.files import staged_directory
 from lntune.model.build import (
     BUILD_INFO_FILE, IMAGE_TOKEN, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
-    make_processor, prepare_output,
+    check_output, make_processor,
 )
 from lntune.model.compose import compose_llava_config
 from lntune.model.llava_format import (
@@ -40,16 +41,10 @@ IMPORT_INFO_FILE = "lntune_import.json"
 
 @contextlib.contextmanager
 def staged_output(out: Path, overwrite: bool):
-    """Yield a staging directory that becomes `out` when the block succeeds and vanishes when it fails."""
-    staging = prepare_output(out, overwrite)
-    try:
+    """A staging directory that becomes `out` when the block succeeds and vanishes when it fails (lntune.files)."""
+    check_output(out, overwrite, {})
+    with staged_directory(out) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
 
 
 def _require_new_output(out: Path, *inputs: Path) -> None:
@@ -153,7 +148,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
     if checkpoint_dir.is_file():
         raise LntuneError(f"{checkpoint_dir} is a file; give the LLaVA checkpoint directory")
     _require_new_output(out, checkpoint_dir)
-    prepare_output(out, overwrite)  # refuses an existing --out now, before the slow part
+    check_output(out, overwrite, {})  # refuses an existing --out now, before the slow part
     data = read_config_dict(checkpoint_dir, "LLaVA checkpoint")
     model_type = text_model_type(data, config_file)
     settings = read_llava_settings(data, config_file)

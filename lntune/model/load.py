@@ -11,6 +11,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from lntune.errors import LntuneError
+from lntune.files import REBUILD, loading
 from lntune.model.connector import is_stock, make_connector
 from lntune.model.sources import check_remote_code, read_config_dict
 
@@ -42,15 +43,34 @@ def load_llava_config(path: str | Path, trust_remote_code: bool = False):
     """The LlavaConfig of a model directory, with a clear error for anything else."""
     from transformers import LlavaConfig
 
-    data = read_config_dict(path, "model")
+    data = read_config_dict(path, "model", REBUILD)
     check_remote_code(data, Path(path) / "config.json", trust_remote_code)
     if data["model_type"] != "llava":
         raise LntuneError(
             f"{path} is a {data['model_type']!r} model, not a Llava MLLM; "
             "build one first with `lntune build --llm ... --vision ... --out ...`"
         )
-    config_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    return LlavaConfig.from_pretrained(str(config_dir), local_files_only=True)
+    config_dir = Path(path).expanduser()
+    config_dir = config_dir if config_dir.is_dir() else config_dir.parent
+    try:
+        return LlavaConfig.from_pretrained(str(config_dir), local_files_only=True)
+    except (ValueError, TypeError, KeyError) as error:
+        # config.json parsed, but its content is not a Llava configuration (a sub-config missing or of a wrong type)
+        raise LntuneError(f"{config_dir / 'config.json'} is not a valid Llava configuration ({error}); {REBUILD}") from None
+
+
+def check_model_dir(path: str | Path, trust_remote_code: bool = False):
+    """Everything about a model directory that can be checked without loading it (before a command writes
+    anything): a Llava config.json, a directory with weights, and sound weight and JSON files. Returns the config."""
+    from lntune.files import check_model_files
+    from lntune.model.sources import require_weights
+
+    path = Path(path).expanduser()
+    if path.is_file():
+        raise LntuneError(f"model {path} is a file; give the model directory (config.json and weights)")
+    config = load_llava_config(path, trust_remote_code)
+    check_model_files(require_weights(path, "model"), REBUILD)
+    return config
 
 
 def load_model(
@@ -63,13 +83,14 @@ def load_model(
     path = Path(path).expanduser()
     config = load_llava_config(path, trust_remote_code)
     model_class = model_class_for(config)
-    model = model_class.from_pretrained(
-        str(path),
-        config=config,
-        dtype=torch_dtype(dtype),
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-    )
+    with loading(path, "the model", REBUILD):
+        model = model_class.from_pretrained(
+            str(path),
+            config=config,
+            dtype=torch_dtype(dtype),
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+        )
     if device is not None:
         model.to(device)
     return model
@@ -78,7 +99,9 @@ def load_model(
 def load_processor(path: str | Path):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(Path(path).expanduser()), local_files_only=True)
+    path = Path(path).expanduser()
+    with loading(path, "the processor (tokenizer and image processor)", REBUILD):
+        return AutoProcessor.from_pretrained(str(path), local_files_only=True)
 
 
 def meta_model(config):

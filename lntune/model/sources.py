@@ -7,10 +7,10 @@ error, even if it looks like a hub id.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lntune.errors import LntuneError
+from lntune.files import RECOPY, read_json
 
 CLIP_TYPES = ("clip", "clip_vision_model")
 SIGLIP_TYPES = ("siglip", "siglip_vision_model")
@@ -33,12 +33,9 @@ def config_json_path(path: str | Path, role: str) -> Path:
     return config_file
 
 
-def read_config_dict(path: str | Path, role: str) -> dict:
+def read_config_dict(path: str | Path, role: str, remedy: str = RECOPY) -> dict:
     config_file = config_json_path(path, role)
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise LntuneError(f"{config_file}:{error.lineno}:{error.colno}: invalid JSON ({error.msg})") from None
+    data = read_json(config_file, remedy)
     if not isinstance(data, dict) or "model_type" not in data:
         raise LntuneError(f"{config_file} has no model_type: is it a Hugging Face model config?")
     return data
@@ -105,7 +102,7 @@ def require_weights(path: str | Path, role: str) -> Path:
     path = Path(path).expanduser()
     config_json_path(path, role)
     if path.is_file():
-        raise LntuneError(f"{role} {path} is a config file; building needs the model directory with its weights")
+        raise LntuneError(f"{role} {path} is a config file; give the model directory, with its weights")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
     if not weights:
         raise LntuneError(f"{role} directory {path} has no weights (*.safetensors or *.bin)")

@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from functools import partial
@@ -29,11 +30,12 @@ from lntune.config import RunConfig, config_to_dict
 from lntune.data.dataset import SupervisedDataset, collate
 from lntune.data.mixture import build_mixture
 from lntune.errors import LntuneError
+from lntune.files import read_yaml, write_text_atomic
 from lntune.methods import apply_method
-from lntune.model.load import load_model, load_processor
+from lntune.model.load import check_model_dir, load_model, load_processor
 from lntune.model.parts import unwrap
 from lntune.train import zero
-from lntune.train.checkpoint import load_checkpoint, save_checkpoint, select_checkpoint
+from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint, select_checkpoint
 from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
@@ -58,28 +60,71 @@ def _memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: lifetime peak, KiB
 
 
-def _prepare_run_dir(config: RunConfig, resume: bool, is_main: bool) -> None:
-    """Create the run dir or check it for resuming."""
+def _check_inputs(config: RunConfig, mixture) -> None:
+    """Everything about the inputs that can be checked without loading them, before --out is touched: a mistake
+    then costs nothing, and the corrected command starts in the same --out. (The data files were read already.)"""
+    check_model_dir(config.model)
+    folder = config.data.image_folder
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        problem = "is not a folder" if Path(folder).expanduser().exists() else "does not exist"
+        raise LntuneError(f"image folder {folder} {problem} (--image-folder)")
+    with_images = len(mixture) - mixture.text_only()
+    if with_images and folder is None:
+        raise LntuneError(f"{with_images} of the selected samples have an image, but no image folder was given "
+                          "(--image-folder)")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise LntuneError(f"--out {out} is a file; give a directory for the run")
+
+
+# What a start writes into a run directory before its first logged step. A directory holding only these, with the
+# logs empty and no checkpoint, is an unstarted run (a start that failed before training got anywhere): a new
+# start may clear it, and nothing else in a run directory is ever removed.
+_START_FILES = ("config.yaml", "metrics.jsonl", "grad_stats.jsonl", "tensorboard", "checkpoints")
+
+
+def _unstarted(out: Path) -> bool:
+    names = {path.name for path in out.iterdir()}
+    if "config.yaml" not in names or not names <= set(_START_FILES) or checkpoint_dirs(out):
+        return False
+    return all(not (out / name).is_file() or (out / name).stat().st_size == 0
+               for name in ("metrics.jsonl", "grad_stats.jsonl"))
+
+
+def _plan_run_dir(config: RunConfig, resume: bool) -> bool:
+    """Start afresh (True) or continue (False), from the run directory as it is. Reads only: every process
+    runs it before the main process writes anything."""
     out = Path(config.out)
     saved = out / "config.yaml"
-    wanted = config_to_dict(config)
+    unstarted = out.is_dir() and _unstarted(out)
     if resume:
         if not saved.is_file():
             raise LntuneError(f"--resume: {out} is not a run directory (no config.yaml)")
-        previous = yaml.safe_load(saved.read_text())
-        differing = sorted(key for key in _diff(previous, wanted) if key != "out")  # a run dir may be moved
+        if unstarted:
+            return True  # nothing was trained there: start afresh, with this command's configuration
+        previous = read_yaml(saved, "it is the run's record; restore it, or start the run again in another --out")
+        differing = sorted(key for key in _diff(previous, config_to_dict(config)) if key != "out")  # a run dir may be moved
         if differing:
             raise LntuneError(f"--resume: the configuration differs from {saved} at {', '.join(differing)}")
-        return None
-    if not is_main:
-        return None  # the main process checks and creates the directory
-    if out.exists() and not out.is_dir():
-        raise LntuneError(f"--out {out} is a file; give a directory for the run")
-    if out.exists() and any(out.iterdir()):
+        return False  # continue: the checkpoint is chosen (and verified) by select_checkpoint
+    if out.exists() and any(out.iterdir()) and not unstarted:
         raise LntuneError(f"run directory {out} already exists; pass --resume to continue it, or choose another --out")
+    return True
+
+
+def _start_run_dir(config: RunConfig, say) -> None:
+    """Main process: the run directory, emptied of an unstarted run's files, with this run's config.yaml."""
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(wanted, sort_keys=False))
-    return None
+    if (out / "config.yaml").exists():
+        say(f"{out} holds a run that never logged a step; starting it afresh")
+    for name in _START_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def _diff(a, b, prefix=""):
@@ -134,6 +179,7 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
                                     train_config.grad_accum)
     train_config = dataclasses.replace(train_config, grad_accum=grad_accum)
     mixture = build_mixture(data_config, train_config.seed)
+    _check_inputs(config, mixture)
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     sharded = multi_process and train_config.distributed == "fsdp2"
     # DeepSpeed even for one process (e.g. to try a zero3 run on one GPU first); FSDP2 only with several.
@@ -153,11 +199,14 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
     )
     is_main = accelerator.is_main_process
     log = say if is_main else (lambda message: None)
-    _prepare_run_dir(config, resume, is_main)
+    fresh = _plan_run_dir(config, resume)
+    accelerator.wait_for_everyone()  # every process has looked before the main process writes
+    if fresh and is_main:
+        _start_run_dir(config, log)
     accelerator.wait_for_everyone()
     run_dir = Path(config.out)
     # Before any work: the newest checkpoint that matches its manifest (an error if none of several does).
-    resume_from = select_checkpoint(accelerator, run_dir, log) if resume else None
+    resume_from = select_checkpoint(accelerator, run_dir, log) if resume and not fresh else None
     set_seed(train_config.seed)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
