@@ -421,7 +421,9 @@ def test_deepspeed_lora_with_gradient_checkpointing(built_model, data, tmp_path,
     engine = train(run_config(model_dir, tmp_path / "engine", data, distributed=mode, **settings), say=lambda m: None)
     ours, theirs = (load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (plain, engine))
     assert ours.keys() == theirs.keys()
-    atol = 2e-2 if torch.cuda.is_available() else 2e-6
+    # CPU: the engine reduces in another order; on padded images one LoRA value of 2048 lands 6e-6..1.1e-5 away
+    # (relative 1e-4) after the four steps. A wrong gradient moves values by the learning rate's scale (1e-2).
+    atol = 2e-2 if torch.cuda.is_available() else 2e-5
     for name in ours:
         torch.testing.assert_close(theirs[name], ours[name], rtol=0, atol=atol)
     adapted = load_adapter(load_model(model_dir), engine / "adapter", model_dir)

@@ -203,7 +203,8 @@ def find_unusable_images(image_folder: str | Path, entries) -> list[tuple[object
     file. Nothing is opened or decoded: decoding every image is `lntune data check`'s job."""
     folder = Path(image_folder).expanduser().resolve()
     if not folder.is_dir():
-        raise LntuneError(f"image folder not found: {folder} (--image-folder / data.image_folder)")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise LntuneError(f"image folder {image_folder} {problem} (--image-folder / data.image_folder)")
     root = str(folder)
     prefix = root.rstrip(os.sep) + os.sep
     inside = lambda real: real == root or real.startswith(prefix)  # noqa: E731
