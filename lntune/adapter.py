@@ -194,7 +194,8 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
 
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
     """A full model directory: base + adapter, LoRA merged into the weights. The adapter's image aspect ratio
-    goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key), where evaluation finds it."""
+    goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key) and its prompt settings as
+    `lntune_prompt`, where evaluation finds them."""
     from lntune.model.load import check_model_dir, load_model, load_processor
 
     out = Path(out)
@@ -206,9 +207,11 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path
     model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    aspect_ratio = read_manifest(adapter_dir).get("image_aspect_ratio")
-    if aspect_ratio is not None:
-        model.config.image_aspect_ratio = aspect_ratio
+    manifest = read_manifest(adapter_dir)
+    if manifest.get("image_aspect_ratio") is not None:
+        model.config.image_aspect_ratio = manifest["image_aspect_ratio"]
+    if manifest.get("prompt") is not None:
+        model.config.lntune_prompt = manifest["prompt"]  # template, system, image placement: read by evaluation
     save_model_dir(model, load_processor(base_dir), out, base_dir)
     say(f"merged {adapter_dir} into {base_dir} -> {out}")
     return out

@@ -2,6 +2,7 @@
 builder, so that evaluation and chat feed the model exactly the training ids of the same conversation up to the
 answer — on real LLaMA-style SentencePiece tokenizers, legacy and not (trained here in a second, no download)."""
 
+import json
 import types
 
 import pytest
@@ -173,3 +174,32 @@ def test_eval_generator_ids_equal_the_training_dataset_ids(tokenizer, template, 
     second = generator.prompt_ids(record.messages[2][1], has_image=False, history=history)
     assert training_ids[: len(second)] == second
 
+
+
+def test_evaluation_asks_as_finetuning_did(built_model, tmp_path):
+    """A run trained with --template llama_2 --system X records both in its adapter (and a merged model's config):
+    `lntune eval` / `lntune chat` with the defaults then build their prompts the same way; named flags still win."""
+    from lntune.adapter import merge_adapter
+    from lntune.config import MethodConfig, RunConfig, TrainConfig
+    from lntune.eval.runner import load_generator
+    from lntune.train.trainer import train
+
+    model = built_model()
+    data, images = write_llava_data(tmp_path / "data", count=4)
+    config = RunConfig(
+        model=str(model), out=str(tmp_path / "run"), method=MethodConfig(name="layernorm-simple"),
+        data=DataConfig(sources=(DataSource(str(data)),), image_folder=str(images), template="llama_2",
+                        system="Answer briefly."),
+        train=TrainConfig(max_steps=1, batch_size=2, save_every=0, save_merged=False),
+    )
+    run = train(config, say=lambda message: None)
+    recorded = json.loads((run / "adapter" / "adapter.json").read_text())["prompt"]
+    assert recorded == {"template": "llama_2", "system": "Answer briefly.", "image_placement": "front"}
+    generator = load_generator(str(model), str(run / "adapter"))
+    assert (generator.template_name, generator.prompts.system) == ("llama_2", "Answer briefly.")
+    assert generator.prompts.render([("user", "Hi")], True).startswith("[INST] <<SYS>>\nAnswer briefly.\n<</SYS>>")
+    named = load_generator(str(model), str(run / "adapter"), template="vicuna_v1", system="Other.")
+    assert (named.template_name, named.prompts.system) == ("vicuna_v1", "Other.")
+    merged = merge_adapter(model, run / "adapter", tmp_path / "merged", say=lambda message: None)
+    assert load_generator(str(merged)).template_name == "llama_2"
+    assert load_generator(str(model)).template_name == "vicuna_v1"  # the built model: nothing recorded

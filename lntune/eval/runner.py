@@ -78,6 +78,8 @@ def select_subset(items, limit: int | None, group_of=None):
 
 
 EVALUATION_DEFAULT_ASPECT_RATIO = "pad"
+RECORDABLE_TEMPLATES = ("vicuna_v1", "llama_2", "plain", "tokenizer")
+"""Recorded template names evaluation can take up (a caller's own Jinja source, "custom", cannot be)."""
 """For a model that records none (a built model, another tool's checkpoint): LLaVA-1.5's evaluation setting."""
 
 
@@ -102,6 +104,29 @@ def evaluation_aspect_ratio(model_dir, adapter=None, override: str | None = None
         if value is not None:
             return value, str(config_path)
     return EVALUATION_DEFAULT_ASPECT_RATIO, "default (nothing recorded; LLaVA-1.5 evaluates with pad)"
+
+
+def evaluation_prompt(model_dir, adapter=None, template: str = "auto", system: str | None = None) -> tuple[str, str | None]:
+    """(template, system) for evaluation: what the caller names wins; for `auto` / no system, what finetuning recorded
+    (the adapter's manifest, else a merged model's config.json `lntune_prompt`), so a model trained with --template
+    llama_2 --system X is asked its questions the same way without repeating the flags."""
+    from lntune.adapter import read_manifest
+    from lntune.files import read_json_object
+
+    recorded = None
+    if adapter:
+        recorded = read_manifest(adapter).get("prompt")
+    if recorded is None:
+        config_path = Path(model_dir).expanduser() / "config.json"
+        if config_path.is_file():
+            recorded = read_json_object(config_path, "rebuild or re-copy the model").get("lntune_prompt")
+    if not isinstance(recorded, dict):
+        return template, system
+    if template == "auto" and recorded.get("template") in RECORDABLE_TEMPLATES:
+        template = recorded["template"]
+    if system is None:
+        system = recorded.get("system")
+    return template, system
 
 
 def _image_folders(data: Path, images: Path | None) -> list[Path]:
@@ -209,6 +234,7 @@ def load_generator(model_dir: str, adapter: str | None = None, template: str = "
 
     # Before the weights: a model or adapter recording an aspect ratio lntune lacks is refused at once.
     aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
+    template, system = evaluation_prompt(model_dir, adapter, template, system)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, dtype=dtype)
     if adapter:

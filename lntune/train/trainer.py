@@ -385,7 +385,9 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
         tensors = gather_trainable(plain_model) if sharded or is_main else None  # collective under FSDP2
     if is_main:
         save_adapter(plain_model, run_dir / "adapter", config.model, config_to_dict(config.method),
-                     train_config.stage, base_print, tensors=tensors, image_aspect_ratio=dataset.aspect_ratio)
+                     train_config.stage, base_print, tensors=tensors, image_aspect_ratio=dataset.aspect_ratio,
+                     # what evaluation should ask questions with; stage 1's `plain` drops the question, so not that
+                     prompt=dataset.prompts.settings() if train_config.stage == "finetune" else None)
         save_merged = train_config.save_merged if train_config.save_merged is not None else train_config.stage == "pretrain"
         if save_merged:
             # From the adapter just written: the same path `lntune merge` takes, in the base model's dtype.
