@@ -1,4 +1,4 @@
-"""The tuning methods: what each trains, as data (the paper's Figure 1 / FACTS.md table).
+"""The tuning methods: what each trains, as data (the paper's Figure 1; README, "Tuning methods").
 
 A method only changes trainability (and, for LoRA, wraps the model with PEFT adapters). The
 vision encoder is always frozen. Connector, word embeddings, output head and the LLM's final norm
