@@ -89,7 +89,8 @@ class Captions(Benchmark):
     def score_files(self, mode: str, *, annotations: Path, results: Path) -> dict:
         """results ([{image_id, caption}], as official_results writes) against the caption annotations."""
         references = {key: entry["references"] for key, entry in read_references(annotations).items()}
-        answers = require_list(read_json(results, "caption results"), f"{results} (expected [{{image_id, caption}}, ...])")
+        answers = require_list(read_json(results, "caption results"),
+                               f"{results} (expected [{{image_id, caption}}, ...])")
         for index, answer in enumerate(answers):
             require_keys(answer, {"image_id": (int, str), "caption": str}, f"{results}: [{index}]")
         # 1 and "1" name the same image (ids are compared as text).

@@ -181,7 +181,7 @@ class POPE(Benchmark):
             places.append((record["question_id"], f"line {number}"))
         refuse_repeats(places, answered_twice(answers, "question_id"))
         if llava:
-            items = [EvalItem(id=str(qid), image=None, prompt="", reference={"split": truth[qid][0], "label": truth[qid][1]})
-                     for qid, _ in pairs]
+            items = [EvalItem(id=str(qid), image=None, prompt="",
+                              reference={"split": truth[qid][0], "label": truth[qid][1]}) for qid, _ in pairs]
             return self.score(items, {str(qid): text for qid, text in pairs}, mode)
         return metric.score_pope([truth[qid][1] for qid, _ in pairs], [text for _, text in pairs], mode)

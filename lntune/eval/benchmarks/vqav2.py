@@ -136,11 +136,13 @@ class VQAv2(Benchmark):
         )
 
     def score_files(self, mode: str, *, annotations: Path, results: Path) -> dict:
-        """results ([{question_id, answer}], the evaluation server's format) against v2_mscoco_<split>_annotations.json."""
-        answers = require_list(read_json(results, "VQAv2 results"), f"{results} (expected [{{question_id, answer}}, ...])")
+        """results ([{question_id, answer}], the evaluation server's format) against the annotations file."""
+        answers = require_list(read_json(results, "VQAv2 results"),
+                               f"{results} (expected [{{question_id, answer}}, ...])")
         for index, answer in enumerate(answers):
             require_keys(answer, {"question_id": int, "answer": str}, f"{results}: [{index}]")
-        refuse_repeats(((a["question_id"], f"[{i}]") for i, a in enumerate(answers)), answered_twice(results, "question_id"))
+        refuse_repeats(((a["question_id"], f"[{i}]") for i, a in enumerate(answers)),
+                       answered_twice(results, "question_id"))
         by_id = read_annotations(annotations)
         predictions = {a["question_id"]: a["answer"] for a in answers}
         missing = [qid for qid in predictions if qid not in by_id]
