@@ -107,13 +107,14 @@ def evaluate(model: Path, adapter: Path | None, paths: dict, out: Path, budget: 
 
 def image_blind_prior(paths: dict) -> dict:
     """VQAv2 accuracy of the best answer that ignores the image: the most common training answer per question type."""
+    from lntune.data.chat import IMAGE_PLACEHOLDER
     from lntune.eval.benchmarks import get_benchmark
 
     answers: dict[str, Counter] = {}
     for record in json.loads(Path(paths["instructions"]).read_text()):
         turns = record["conversations"]
         for question, answer in zip(turns[::2], turns[1::2]):
-            text = question["value"].replace("<image>\n", "").split("\n")[0]
+            text = question["value"].replace(IMAGE_PLACEHOLDER + "\n", "").split("\n")[0]
             answers.setdefault(" ".join(text.lower().split()[:3]), Counter())[answer["value"]] += 1
     benchmark = get_benchmark("vqav2")
     data, images = bench_files(paths, "vqav2")
@@ -144,10 +145,10 @@ def run_summary(run: Path) -> dict:
 
 
 def score_cells(results: dict) -> dict[str, float | None]:
+    from lntune.eval.report import metric_value
+
     def get(bench, *keys, scale=1.0):
-        value = results.get(bench, {}).get("metrics")
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
+        value = metric_value(results, bench, *keys)
         return None if value is None else scale * value
 
     return {"MME-P": get("mme", "perception"), "VQAv2": get("vqav2", "accuracy"),

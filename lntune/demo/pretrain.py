@@ -56,13 +56,14 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: in
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lntune.data.chat import IGNORE_INDEX, PromptBuilder
+    from lntune.data.chat import IGNORE_INDEX, IMAGE_PLACEHOLDER, PromptBuilder
+    from lntune.eval.benchmarks.base import SHORT_ANSWER
 
     records = json.loads(Path(corpus_file).read_text())
     messages = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
                  for t in record["conversations"]] for record in records]
     extra = ["Provide a one-sentence caption for the provided image.",
-             "Answer the question using a single word or phrase. Please answer yes or no.", "<image>"]
+             SHORT_ANSWER.strip() + " Please answer yes or no.", IMAGE_PLACEHOLDER]
     tokenizer = train_tokenizer([m["content"] for chat in messages for m in chat] + extra)
     builder = PromptBuilder(tokenizer, template_source=CHAT_TEMPLATE, image_placement="keep")
     encoded = [builder.encode(chat, f"{corpus_file}: {record['id']}")

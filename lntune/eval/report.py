@@ -23,11 +23,17 @@ def collect(run: Path) -> dict[str, dict]:
     return found
 
 
+def metric_value(found: dict[str, dict], bench: str, *keys: str):
+    """found[bench]["metrics"][keys[0]][keys[1]]..., or None where any level is missing (a benchmark not run)."""
+    value = found.get(bench, {}).get("metrics")
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def row(found: dict[str, dict]) -> list[str]:
     def metric(bench, *keys, scale=1.0, digits=1):
-        value = found.get(bench, {}).get("metrics")
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
+        value = metric_value(found, bench, *keys)
         return "-" if value is None else f"{scale * value:.{digits}f}"
 
     cells = [metric("mme", "perception"), metric("mme", "cognition"), metric("vqav2", "accuracy"),

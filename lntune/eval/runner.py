@@ -63,18 +63,25 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def select_subset(items, limit: int | None, group_of=None):
-    """A deterministic subset of whole groups (MME keeps both questions of an image), in the original order."""
+    """A deterministic subset of whole groups (MME keeps both questions of an image), in the original order.
+
+    Groups are drawn in a fixed random order (seed 0) until at least `limit` items are taken. Linear in the
+    number of items: each item's group is looked up once.
+    """
     if not limit or limit >= len(items):
         return items
     group_of = group_of or (lambda item: item.id)
-    groups = list(dict.fromkeys(group_of(item) for item in items))
+    keys = [group_of(item) for item in items]
+    sizes: dict = {}
+    for key in keys:  # insertion order: the groups in order of first appearance
+        sizes[key] = sizes.get(key, 0) + 1
     chosen, count = set(), 0
-    for group in random.Random(0).sample(groups, len(groups)):
+    for group in random.Random(0).sample(list(sizes), len(sizes)):
         if count >= limit:
             break
         chosen.add(group)
-        count += sum(1 for item in items if group_of(item) == group)
-    return [item for item in items if group_of(item) in chosen]
+        count += sizes[group]
+    return [item for item, key in zip(items, keys) if key in chosen]
 
 
 EVALUATION_DEFAULT_ASPECT_RATIO = "pad"
@@ -150,15 +157,12 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
         raise LntuneError(f"--limit must be >= 1, got {limit}")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise LntuneError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if prompt is not None and bench not in ("coco", "flickr30k") and "{question}" not in prompt:
+    benchmark = get_benchmark(bench, annotations=annotations)
+    if prompt is not None and benchmark.asks_questions and "{question}" not in prompt:
         raise LntuneError(f"--prompt for {bench} must contain {{question}} (where the question goes)")
-    options = {"annotations": annotations} if bench == "vqav2" and annotations else {}
-    benchmark = get_benchmark(bench, **options)
-    mode = mode or benchmark.default_mode
-    if mode not in benchmark.modes:
-        raise LntuneError(f"unknown {bench} mode {mode!r}; valid: {', '.join(benchmark.modes)}")
+    mode = benchmark.check_mode(mode or benchmark.default_mode)
     items = select_subset(benchmark.load(Path(data), Path(images) if images else None, prompt), limit,
-                          getattr(benchmark, "group_of", None))
+                          benchmark.group_of)
     max_new_tokens = max_new_tokens or benchmark.max_new_tokens
     aspect_ratio, aspect_ratio_source = (
         (image_aspect_ratio, "argument") if image_aspect_ratio is not None
@@ -207,8 +211,9 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
         **(extra_record or {}), "metrics": metrics,
     }
     (out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
-    if hasattr(benchmark, "official_results"):
-        (out / "results.json").write_text(json.dumps(benchmark.official_results(items, done)) + "\n")
+    official_results = benchmark.official_results(items, done)
+    if official_results is not None:
+        (out / "results.json").write_text(json.dumps(official_results) + "\n")
     return record
 
 

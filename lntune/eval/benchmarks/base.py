@@ -1,20 +1,20 @@
-"""What every benchmark provides: items to answer (from the official files) and scoring of the answers.
+"""What every benchmark is: a Benchmark, from its official files to its official numbers, in one module each.
 
-Also the one way benchmark and scoring files are read: every problem with a file (missing, unreadable, not
-UTF-8, not JSON, a record without a field scoring needs) is an LntuneError naming the file and the record,
-raised when the file is loaded, before any answer is generated.
+`lntune eval` (runner.py), `lntune score` (score.py) and `lntune data show` use a benchmark only through what
+Benchmark declares here; a new benchmark is one module with one subclass, added to BENCHMARKS.
 """
 
 from __future__ import annotations
 
-import codecs
-import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from lntune.errors import LntuneError
+from lntune.eval.metrics.modes import check_mode
 
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
+"""LLaVA-1.5's short-answer instruction: the default question prompts end with it, as its question files do."""
 
 
 @dataclass
@@ -26,6 +26,58 @@ class EvalItem:
     """The user turn's text (without the image placeholder)."""
     reference: dict = field(default_factory=dict)
     """What scoring needs: ground truth and grouping fields (JSON-serialisable)."""
+
+
+class Benchmark(ABC):
+    """One benchmark: its items (loaded from the official files), their scoring, and the scoring of result files
+    made by other tools. Subclasses set the class attributes and implement load, score and score_files."""
+
+    name: ClassVar[str]
+    """The BENCHMARKS key (`--bench`)."""
+    default_prompt: ClassVar[str]
+    """The user turn when --prompt is not given; {question} marks where the question goes."""
+    max_new_tokens: ClassVar[int]
+    modes: ClassVar[tuple[str, ...]]
+    """The scoring modes (--mode) its metric knows."""
+    default_mode: ClassVar[str]
+    asks_questions: ClassVar[bool] = True
+    """Whether its items are questions: a --prompt must then hold {question} (captioning asks none)."""
+    scoring_files: ClassVar[tuple[str, ...]]
+    """The `lntune score` options naming another tool's result files: score_files' keyword arguments."""
+
+    def __init__(self, annotations: Path | None = None):
+        """annotations (`lntune eval --annotations`): the answers to a questions file that holds none (VQAv2's
+        LLaVA question files); benchmarks whose files hold their answers do not read it."""
+        self.annotations = Path(annotations) if annotations else None
+
+    @abstractmethod
+    def load(self, data: Path, images: Path | None, prompt: str | None) -> list[EvalItem]:
+        """The items of the official files at `data`, images found under `images`, each prompt made from the
+        template `prompt` (None: default_prompt). Every problem with the files is raised here, before any answer
+        is generated."""
+
+    def group_of(self, item: EvalItem) -> str:
+        """What a subset (--limit) keeps together: it takes whole groups. By default each item is its own group."""
+        return item.id
+
+    @abstractmethod
+    def score(self, items: list[EvalItem], predictions: dict[str, str], mode: str) -> dict:
+        """The official metrics of the answered items (predictions: item id -> answer); the others are left out."""
+
+    @abstractmethod
+    def score_files(self, mode: str, **files: Path) -> dict:
+        """`lntune score`: the official metrics of result files made by another tool (or an earlier run), no
+        model; `files` are the options named in scoring_files. Every input is read, never written, and checked
+        before scoring."""
+
+    def official_results(self, items: list[EvalItem], predictions: dict[str, str]) -> list[dict] | None:
+        """The answers as the benchmark's own tools or evaluation server read them (`lntune eval` writes them to
+        results.json), or None when there is no such format."""
+        return None
+
+    def check_mode(self, mode: str) -> str:
+        """mode if its metric knows it, else the house error listing the valid ones."""
+        return check_mode(mode, self.modes, f"{self.name} mode")
 
 
 def without_short_answer(question: str) -> str:
@@ -45,99 +97,3 @@ def fill_prompt(template: str, question: str) -> str:
     if "{question}" + SHORT_ANSWER in template:
         question = without_short_answer(question)
     return template.format(question=question)
-
-
-def read_text(path: Path, what: str) -> str:
-    """A UTF-8 text file (a leading byte-order mark is allowed); any problem is one LntuneError naming the file."""
-    if not path.is_file():
-        raise LntuneError(f"{what} not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise LntuneError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        offset = error.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
-        line = data.count(b"\n", 0, offset) + 1
-        raise LntuneError(
-            f"{path}:{line}: not UTF-8 (byte {offset}, 0x{data[offset]:02x}); re-encode the file as UTF-8"
-        ) from None
-
-
-def read_json(path: Path, what: str):
-    text = read_text(path, what)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LntuneError(f"{path}:{error.lineno}:{error.colno}: invalid JSON ({error.msg})") from None
-
-
-def read_numbered_json_lines(path: Path, what: str) -> list[tuple[int, object]]:
-    """(line number, record) for each non-blank line of a JSON Lines file."""
-    records = []
-    # split("\n"), not splitlines(): a JSON string may hold U+2028 or U+0085 unescaped, and they end no line.
-    for number, line in enumerate(read_text(path, what).split("\n"), start=1):
-        if line.strip():
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise LntuneError(f"{path}:{number}:{error.colno}: invalid JSON ({error.msg})") from None
-    return records
-
-
-def read_json_lines(path: Path, what: str) -> list:
-    return [record for _, record in read_numbered_json_lines(path, what)]
-
-
-def require_keys(record, keys, where: str) -> None:
-    """record must be a JSON object holding every key; `where` names the file and the record.
-
-    keys: names, or {name: type} to also check each value's JSON type (int, str, list, ...).
-    """
-    if not isinstance(record, dict):
-        raise LntuneError(f"{where}: expected a JSON object with {', '.join(keys)}, got {_json_type(record)}")
-    missing = [key for key in keys if key not in record]
-    if missing:
-        raise LntuneError(f"{where}: missing {', '.join(missing)} (found keys: {', '.join(sorted(record)) or 'none'})")
-    if isinstance(keys, dict):
-        for key, expected in keys.items():
-            kinds = expected if isinstance(expected, tuple) else (expected,)
-            value = record[key]
-            if not isinstance(value, kinds) or isinstance(value, bool):  # JSON true/false is no integer
-                wanted = " or ".join(_JSON_NAMES[kind] for kind in kinds)
-                raise LntuneError(f"{where}: {key} must be {wanted}, got {_json_type(value)} {value!r:.40}")
-
-
-_JSON_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "an object"}
-
-
-def _json_type(value) -> str:
-    return {bool: "true/false", int: "integer", float: "number", str: "string", list: "list", dict: "object",
-            type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def require_list(value, where: str) -> list:
-    if not isinstance(value, list):
-        raise LntuneError(f"{where}: expected a list, got {_json_type(value)}")
-    return value
-
-
-def refuse_repeats(keys_and_places, describe) -> None:
-    """Raise when a key comes twice in (key, place) pairs; describe(key, first place, second place) says where."""
-    first_place = {}
-    for key, place in keys_and_places:
-        if key in first_place:
-            raise LntuneError(describe(key, first_place[key], place))
-        first_place[key] = place
-
-
-def find_image(folder: Path | None, candidates: list[str], where: str) -> Path:
-    """The first candidate path that exists under `folder`; the error lists what was tried."""
-    if folder is None:
-        raise LntuneError(f"{where}: give the image folder with --images")
-    for candidate in candidates:
-        path = folder / candidate
-        if path.is_file():
-            return path
-    raise LntuneError(f"{where}: image not found; tried {', '.join(str(folder / c) for c in candidates)}")

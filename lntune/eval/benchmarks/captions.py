@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import EvalItem, find_image, read_json, require_keys, require_list
+from lntune.eval.benchmarks.base import Benchmark, EvalItem
+from lntune.eval.benchmarks.files import (
+    answered_twice, find_image, read_json, refuse_repeats, require_keys, require_list,
+)
 from lntune.eval.metrics import captions as metric
 
 
@@ -57,14 +60,15 @@ def read_references(path: Path, split: str = "test") -> dict[str, dict]:
     return entries
 
 
-class Captions:
+class Captions(Benchmark):
+    """Captioning on a test split; CocoCaptions and Flickr30kCaptions differ only in name."""
+
     default_prompt = "Provide a one-sentence caption for the provided image."
     max_new_tokens = 48
     modes = ("official",)
     default_mode = "official"
-
-    def __init__(self, name: str):
-        self.name = name
+    asks_questions = False
+    scoring_files = ("annotations", "results")
 
     def load(self, data: Path, images: Path | None, prompt: str | None) -> list[EvalItem]:
         items = []
@@ -82,9 +86,28 @@ class Captions:
             {item.id: predictions[item.id] for item in answered},
         )
 
-    @staticmethod
-    def official_results(items: list[EvalItem], predictions: dict[str, str]) -> list[dict]:
+    def score_files(self, mode: str, *, annotations: Path, results: Path) -> dict:
+        """results ([{image_id, caption}], as official_results writes) against the caption annotations."""
+        references = {key: entry["references"] for key, entry in read_references(annotations).items()}
+        answers = require_list(read_json(results, "caption results"),
+                               f"{results} (expected [{{image_id, caption}}, ...])")
+        for index, answer in enumerate(answers):
+            require_keys(answer, {"image_id": (int, str), "caption": str}, f"{results}: [{index}]")
+        # 1 and "1" name the same image (ids are compared as text).
+        refuse_repeats(((str(a["image_id"]), f"[{i}]") for i, a in enumerate(answers)),
+                       answered_twice(results, "image_id", "image"))
+        return metric.score_captions(references, {str(a["image_id"]): a["caption"] for a in answers})
+
+    def official_results(self, items: list[EvalItem], predictions: dict[str, str]) -> list[dict]:
         def image_id(value: str):
             return int(value) if value.isdigit() else value
 
         return [{"image_id": image_id(item.id), "caption": predictions[item.id]} for item in items if item.id in predictions]
+
+
+class CocoCaptions(Captions):
+    name = "coco"
+
+
+class Flickr30kCaptions(Captions):
+    name = "flickr30k"

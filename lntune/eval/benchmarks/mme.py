@@ -6,24 +6,23 @@ import re
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import (
-    SHORT_ANSWER, EvalItem, fill_prompt, read_numbered_json_lines, read_text, require_keys, without_short_answer,
-)
+from lntune.eval.benchmarks.base import SHORT_ANSWER, Benchmark, EvalItem, fill_prompt, without_short_answer
+from lntune.eval.benchmarks.files import read_numbered_json_lines, read_text, refuse_repeats, require_keys
 from lntune.eval.metrics import mme as metric
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
 _YES_NO_SUFFIX = re.compile(r"\s*Please answer yes or no\.\s*$")
 
 
-class MME:
+class MME(Benchmark):
     name = "mme"
     default_prompt = "{question}" + SHORT_ANSWER
     max_new_tokens = 16
     modes = metric.MODES
     default_mode = "official"
+    scoring_files = ("results_dir",)
 
-    @staticmethod
-    def group_of(item: EvalItem) -> str:
+    def group_of(self, item: EvalItem) -> str:
         """A subset (--limit) keeps both questions of an image: acc+ needs the pair."""
         return f"{item.reference['subtask']}/{item.reference['image']}"
 
@@ -95,6 +94,28 @@ class MME:
 
     def score(self, items: list[EvalItem], predictions: dict[str, str], mode: str) -> dict:
         rows = [dict(item.reference, prediction=predictions[item.id]) for item in items if item.id in predictions]
+        return metric.score_mme(rows, mode)
+
+    def score_files(self, mode: str, *, results_dir: Path) -> dict:
+        """The MME eval tool's input: one <subtask>.txt per subtask, lines image<TAB>question<TAB>truth<TAB>answer."""
+        files = sorted(results_dir.glob("*.txt"))
+        if not files:
+            raise LntuneError(f"{results_dir}: no <subtask>.txt result files")
+        rows = []
+        for path in files:
+            places = []
+            for number, line in enumerate(read_text(path, "MME results").split("\n"), start=1):
+                if not line.strip():
+                    continue
+                fields = line.rstrip("\r").split("\t")
+                if len(fields) < 4:
+                    raise LntuneError(f"{path}:{number}: expected image<TAB>question<TAB>truth<TAB>answer")
+                rows.append({"subtask": path.stem, "image": fields[0], "question": fields[1],
+                             "answer": fields[2].strip(), "prediction": "\t".join(fields[3:])})
+                places.append(((fields[0], fields[1]), f"line {number}"))
+            refuse_repeats(places, lambda key, first, second: f"{path}: image {key[0]} question {key[1]!r} is "
+                                                              f"answered twice, on {first} and {second}; keep one "
+                                                              "answer per question")
         return metric.score_mme(rows, mode)
 
 

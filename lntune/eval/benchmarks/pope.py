@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import (
-    SHORT_ANSWER, EvalItem, fill_prompt, find_image, read_numbered_json_lines, refuse_repeats, require_keys,
-    without_short_answer,
+from lntune.eval.benchmarks.base import SHORT_ANSWER, Benchmark, EvalItem, fill_prompt, without_short_answer
+from lntune.eval.benchmarks.files import (
+    answered_twice, find_image, read_numbered_json_lines, refuse_repeats, require_keys,
 )
 from lntune.eval.metrics import pope as metric
 
@@ -118,12 +118,13 @@ def read_pope(data: Path) -> list[tuple[str, str, dict]]:
     return questions
 
 
-class POPE:
+class POPE(Benchmark):
     name = "pope"
     default_prompt = "{question}" + SHORT_ANSWER
     max_new_tokens = 8
     modes = metric.MODES
     default_mode = "official"
+    scoring_files = ("labels", "answers")
 
     def load(self, data: Path, images: Path | None, prompt: str | None) -> list[EvalItem]:
         template = prompt or self.default_prompt
@@ -155,3 +156,32 @@ class POPE:
             result[key] = sum(s[key] for s in result["splits"].values()) / max(len(result["splits"]), 1)
         result["count"] = sum(s["count"] for s in result["splits"].values())
         return result
+
+    def score_files(self, mode: str, *, labels: Path, answers: Path) -> dict:
+        """Answers ({question_id, text} lines) against coco_pope_<split>.json, or against LLaVA's llava_pope_test.jsonl
+        (whose labels are paired from coco_pope_<category>.json; scored per category and averaged, as `lntune eval`)."""
+        records = read_numbered_json_lines(labels, "POPE labels")
+        llava = is_llava_file(records)
+        if llava:
+            truth = {record["question_id"]: (category, record["label"])
+                     for category, _, record in read_llava_questions(labels, records)}
+        else:
+            truth = {record["question_id"]: (None, record["label"])
+                     for _, record in read_labelled(labels, SCORING_KEYS, records)}
+        pairs, places = [], []
+        for number, record in read_numbered_json_lines(answers, "POPE answers"):
+            where = f"{answers}: line {number}"
+            require_keys(record, {"question_id": (int, str)}, where)
+            text = next((record[key] for key in ("text", "prediction", "answer") if key in record), None)
+            if not isinstance(text, str):
+                raise LntuneError(f"{where}: needs the answer as a string in text (or prediction, or answer)")
+            if record["question_id"] not in truth:
+                raise LntuneError(f"{where}: question_id {record['question_id']} is not in {labels}")
+            pairs.append((record["question_id"], text))
+            places.append((record["question_id"], f"line {number}"))
+        refuse_repeats(places, answered_twice(answers, "question_id"))
+        if llava:
+            items = [EvalItem(id=str(qid), image=None, prompt="",
+                              reference={"split": truth[qid][0], "label": truth[qid][1]}) for qid, _ in pairs]
+            return self.score(items, {str(qid): text for qid, text in pairs}, mode)
+        return metric.score_pope([truth[qid][1] for qid, _ in pairs], [text for _, text in pairs], mode)

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 from lntune.errors import LntuneError
-from lntune.eval.benchmarks.base import (
-    SHORT_ANSWER, EvalItem, fill_prompt, find_image, read_json, read_numbered_json_lines, refuse_repeats,
-    require_keys,
+from lntune.eval.benchmarks.base import SHORT_ANSWER, Benchmark, EvalItem, fill_prompt
+from lntune.eval.benchmarks.files import (
+    answered_twice, find_image, read_json, read_numbered_json_lines, refuse_repeats, require_keys, require_list,
 )
 from lntune.eval.metrics import vqav2 as metric
 
@@ -53,15 +53,13 @@ def read_annotations(path: Path) -> dict[int, dict]:
     return by_id
 
 
-class VQAv2:
+class VQAv2(Benchmark):
     name = "vqav2"
     default_prompt = "{question}" + SHORT_ANSWER
     max_new_tokens = 16
     modes = metric.MODES
     default_mode = "llava"
-
-    def __init__(self, annotations: Path | None = None):
-        self.annotations = annotations
+    scoring_files = ("annotations", "results")
 
     def load(self, data: Path, images: Path | None, prompt: str | None) -> list[EvalItem]:
         template = prompt or self.default_prompt
@@ -75,7 +73,7 @@ class VQAv2:
         questions = read_json(data, "VQAv2 questions")
         if not isinstance(questions, dict) or not isinstance(questions.get("questions"), list):
             raise LntuneError(f"{data}: not a VQAv2 questions file (no 'questions' list)")
-        annotation_file = Path(self.annotations) if self.annotations else annotations_path_for(data)
+        annotation_file = self.annotations or annotations_path_for(data)
         if annotation_file == data:
             raise LntuneError(f"{data}: cannot tell where its annotations are; pass --annotations")
         name_parts = data.name.split("_")
@@ -114,7 +112,7 @@ class VQAv2:
         for number, record in records:
             require_keys(record, LLAVA_QUESTION_KEYS, f"{data}: line {number}")
         _refuse_repeated_questions((record["question_id"], f"{data}: line {number}") for number, record in records)
-        by_id = read_annotations(Path(self.annotations))
+        by_id = read_annotations(self.annotations)
         items = []
         for number, record in records:
             where = f"{data}: line {number}"
@@ -137,8 +135,22 @@ class VQAv2:
             mode,
         )
 
-    @staticmethod
-    def official_results(items: list[EvalItem], predictions: dict[str, str]) -> list[dict]:
+    def score_files(self, mode: str, *, annotations: Path, results: Path) -> dict:
+        """results ([{question_id, answer}], the evaluation server's format) against the annotations file."""
+        answers = require_list(read_json(results, "VQAv2 results"),
+                               f"{results} (expected [{{question_id, answer}}, ...])")
+        for index, answer in enumerate(answers):
+            require_keys(answer, {"question_id": int, "answer": str}, f"{results}: [{index}]")
+        refuse_repeats(((a["question_id"], f"[{i}]") for i, a in enumerate(answers)),
+                       answered_twice(results, "question_id"))
+        by_id = read_annotations(annotations)
+        predictions = {a["question_id"]: a["answer"] for a in answers}
+        missing = [qid for qid in predictions if qid not in by_id]
+        if missing:
+            raise LntuneError(f"{results}: question_id {missing[0]} is not in {annotations} ({len(missing)} such)")
+        return metric.score_vqav2(predictions, [by_id[qid] for qid in predictions], mode)
+
+    def official_results(self, items: list[EvalItem], predictions: dict[str, str]) -> list[dict]:
         """The results file the VQA evaluation server and tools read."""
         return [{"question_id": int(item.id), "answer": predictions[item.id]} for item in items if item.id in predictions]
 

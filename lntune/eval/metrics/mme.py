@@ -18,20 +18,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lntune.errors import LntuneError, unknown_key_error
+from lntune.errors import LntuneError
+from lntune.eval.metrics.modes import check_mode
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 MODES = ("official", "lmms-eval")
 
 _ITEM_KEYS = ("subtask", "image", "answer", "prediction")
-
-
-def _check_mode(mode: str) -> str:
-    """Return mode if it is one of MODES, else raise LntuneError listing the valid ones."""
-    if mode not in MODES:
-        raise unknown_key_error("MME mode", mode, MODES)
-    return mode
 
 
 def _label_from_prefix(text: str) -> str:
@@ -59,7 +53,7 @@ def parse_answer(response: str, mode: str = "official") -> str:
     lmms-eval: lower-case, strip, delete every "."; a lone "y" / "n" means yes / no (any other single
     character is other); then the shared prefix rule.
     """
-    _check_mode(mode)
+    check_mode(mode, MODES, "MME mode")
     text = response.lower()
     if mode == "official":
         return _label_from_prefix(text)
@@ -118,7 +112,7 @@ def score_mme(items: list[dict], mode: str = "official") -> dict:
     COGNITION are scored and listed under "subtasks" but counted in neither sum (nor in "total").
     Standard subtasks with no items are listed in "missing_subtasks" and add nothing to the sums.
     """
-    _check_mode(mode)
+    check_mode(mode, MODES, "MME mode")
     if not items:
         raise LntuneError("no MME items to score")
     outcomes: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))

@@ -13,19 +13,13 @@ model; that is not reproduced).
 
 from __future__ import annotations
 
-from lntune.errors import LntuneError, unknown_key_error
+from lntune.errors import LntuneError
+from lntune.eval.metrics.modes import check_mode
 
 MODES = ("official", "lmms-eval")
 
 # The official test is case-sensitive and on whole words: "No" and "no" and "not" only.
 _NEGATIVE_WORDS = ("No", "not", "no")
-
-
-def _check_mode(mode: str) -> str:
-    """Return mode if it is one of MODES, else raise LntuneError listing the valid ones."""
-    if mode not in MODES:
-        raise unknown_key_error("POPE mode", mode, MODES)
-    return mode
 
 
 def _parse_official(text: str) -> str:
@@ -54,7 +48,7 @@ def _parse_lmms_eval(text: str) -> str:
 
 def parse_answer(text: str, mode: str = "official") -> str:
     """Map a model's raw answer to "yes" or "no" ("other" is possible in mode lmms-eval only)."""
-    _check_mode(mode)
+    check_mode(mode, MODES, "POPE mode")
     return _parse_official(text) if mode == "official" else _parse_lmms_eval(text)
 
 
@@ -83,7 +77,7 @@ def score_pope(labels: list[str], predictions: list[str], mode: str = "official"
     Returns accuracy, precision, recall, f1, yes_ratio, tp, fp, tn, fn, count, other (answers
     parsed as neither yes nor no: always 0 in mode official), warnings (zero denominators) and mode.
     """
-    _check_mode(mode)
+    check_mode(mode, MODES, "POPE mode")
     if len(labels) != len(predictions):
         raise LntuneError(
             f"POPE: {len(labels)} labels but {len(predictions)} predictions; they must pair up one to one")

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from lntune.errors import LntuneError, unknown_key_error
+from lntune.errors import LntuneError
+from lntune.eval.metrics.modes import check_mode
 
 MODES = ("official", "llava", "lmms-eval")
 DEFAULT_MODE = "llava"
@@ -107,12 +108,6 @@ CONTRACTIONS = {
 MATCHES_FOR_FULL_CREDIT = 3
 
 
-def check_mode(mode: str) -> None:
-    """Raise the house error for a mode that is not one of MODES."""
-    if mode not in MODES:
-        raise unknown_key_error("VQAv2 scoring mode", mode, MODES)
-
-
 def clean_whitespace(text: str) -> str:
     """The cleaning vqaEval.py applies to every answer and prediction: newline/tab -> space, then strip.
 
@@ -190,7 +185,7 @@ def leave_one_out_accuracy(prediction: str, answers: list[str]) -> float:
 
 def question_accuracy(prediction: str, answers: list[str], mode: str = DEFAULT_MODE) -> float:
     """Accuracy (0.0 .. 1.0) of one prediction against one question's human answers."""
-    check_mode(mode)
+    check_mode(mode, MODES, "VQAv2 scoring mode")
     if mode == "llava":
         prediction = llava_answer_processor(prediction)
     prediction = clean_whitespace(prediction)
@@ -227,7 +222,7 @@ def score_vqav2(predictions: Mapping[int, str], annotations: list[dict], mode: s
     Returns {"accuracy", "per_answer_type", "per_question_type", "count", "mode"}; every accuracy is
     round(100 * mean, 2) as in vqaEval.py.
     """
-    check_mode(mode)
+    check_mode(mode, MODES, "VQAv2 scoring mode")
     # A dict like the official index: a repeated question_id keeps its last annotation.
     annotation_by_id = {annotation["question_id"]: annotation for annotation in annotations}
     unknown = [question_id for question_id in predictions if question_id not in annotation_by_id]
