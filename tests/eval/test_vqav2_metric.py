@@ -1,4 +1,4 @@
-"""VQAv2 accuracy: hand-derived cases for every official rule and quirk (EVAL_SPEC.md, "VQAv2").
+"""VQAv2 accuracy: hand-derived cases for every official rule and quirk (the official VQA evaluation code; docs/evaluation.md).
 
 Each expected value is worked out by hand from the rules of the official vqaEval.py; the comment next
 to it shows the derivation.

@@ -1,1 +1,1 @@
-"""Metrics as pure functions (no model), exactly the official rules of ../shared/EVAL_SPEC.md."""
+"""Metrics as pure functions (no model), exactly the official rules (docs/evaluation.md lists them per benchmark)."""

@@ -6,7 +6,7 @@ contractions), a prediction scores, for each human answer, min(1, matches among 
 the question's accuracy is the mean of those 10 numbers (0, .3, .6, .9, 1 for 0, 1, 2, 3, >=4 matches).
 Overall, per-answer-type and per-question-type accuracies are round(100 * mean, 2).
 
-Modes (see ../shared/EVAL_SPEC.md, "VQAv2"):
+Modes (docs/evaluation.md, "vqav2"):
 - ``official``: the rule above, applied to the raw prediction.
 - ``llava`` (lntune's default): the prediction first goes through LLaVA's ``EvalAIAnswerProcessor``
   (llava/eval/m4c_evaluator.py), as LLaVA's submission script does, then the official rule scores it.
