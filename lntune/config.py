@@ -284,6 +284,32 @@ def _check_fraction(key: str, value: float) -> None:
         raise LntuneError(f"{key} must be in [0, 1), got {value}")
 
 
+# ---- field docs: the one-line docstring under each field, for the command line's --help ----------
+
+def field_docs(cls) -> dict[str, str]:
+    """{field name: its docstring} for the fields of `cls` that have one (the string right below the field).
+
+    Python keeps no attribute docstrings at run time, so they are read from the class's source; without the
+    source (a frozen install) the result is empty and flags simply go without help text.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for statement, following in zip(body, body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
 # ---- generic loading: mapping / YAML / dotted overrides -> frozen dataclass --------------------
 
 T = typing.TypeVar("T")
@@ -430,6 +456,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_yaml",
+    "field_docs",
     "apply_overrides",
     "CONNECTOR_NAMES",
 ]
