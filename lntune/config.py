@@ -8,6 +8,7 @@ dotted `key.sub=value` overrides both end in that call, so the CLI and the Pytho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -294,20 +295,32 @@ def field_docs(cls) -> dict[str, str]:
     """
     import ast
     import inspect
+    import sys
     import textwrap
 
     try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
+        if cls.__qualname__ == cls.__name__:  # a module-level class: one parse of its module serves them all
+            node = _module_classes(sys.modules[cls.__module__])[cls.__name__]
+        else:
+            node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    except (OSError, TypeError, KeyError):
         return {}
-    body = ast.parse(source).body[0].body
     docs = {}
-    for statement, following in zip(body, body[1:]):
+    for statement, following in zip(node.body, node.body[1:]):
         if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)):
             docs[statement.target.id] = inspect.cleandoc(following.value.value)
     return docs
+
+
+@functools.lru_cache(maxsize=None)
+def _module_classes(module) -> dict:
+    """{class name: its ast.ClassDef} of a module's top level."""
+    import ast
+    import inspect
+
+    return {node.name: node for node in ast.parse(inspect.getsource(module)).body if isinstance(node, ast.ClassDef)}
 
 
 # ---- generic loading: mapping / YAML / dotted overrides -> frozen dataclass --------------------
