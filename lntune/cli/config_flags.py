@@ -50,8 +50,6 @@ class ConfigFlag:
     """The dotted config key (as in YAML files and KEY=VALUE overrides); also the flag's argparse dest."""
     option: str
     """The flag, e.g. --batch-size."""
-    doc: str
-    """The field's docstring ("" when it has none)."""
     arguments: tuple[tuple[str, object], ...]
     """argparse.add_argument keyword arguments (action / type / metavar / help)."""
 
@@ -89,7 +87,7 @@ def _flag(key: str, field: dataclasses.Field, hint, doc: str, spec: FlagSpec) ->
     elif typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is str:
         notes.append("comma-separated")  # the string is split by config_from_dict, as in a YAML file
     else:
-        raise TypeError(f"config field {key} ({hint}) has no command-line form: add one to FLAG_SPECS")
+        raise TypeError(f"config field {key} ({hint}) has no command-line form yet: give its type one here")
     if "action" not in arguments or arguments["action"] == "append":
         arguments["metavar"] = spec.metavar or option.lstrip("-").replace("-", "_").upper()
     default = spec.default_note or _default_text(field)
@@ -97,7 +95,7 @@ def _flag(key: str, field: dataclasses.Field, hint, doc: str, spec: FlagSpec) ->
         notes.append(f"default: {default}")
     text = f"{doc} ({'; '.join(notes)})" if doc and notes else doc or "; ".join(notes)
     arguments["help"] = text.replace("%", "%%") or None  # argparse formats help with %
-    return ConfigFlag(key, option, doc, tuple(arguments.items()))
+    return ConfigFlag(key, option, tuple(arguments.items()))
 
 
 def _without_none(hint):
