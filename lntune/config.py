@@ -8,6 +8,7 @@ dotted `key.sub=value` overrides both end in that call, so the CLI and the Pytho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -284,6 +285,44 @@ def _check_fraction(key: str, value: float) -> None:
         raise LntuneError(f"{key} must be in [0, 1), got {value}")
 
 
+# ---- field docs: the one-line docstring under each field, for the command line's --help ----------
+
+def field_docs(cls) -> dict[str, str]:
+    """{field name: its docstring} for the fields of `cls` that have one (the string right below the field).
+
+    Python keeps no attribute docstrings at run time, so they are read from the class's source; without the
+    source (a frozen install) the result is empty and flags simply go without help text.
+    """
+    import ast
+    import inspect
+    import sys
+    import textwrap
+
+    try:
+        if cls.__qualname__ == cls.__name__:  # a module-level class: one parse of its module serves them all
+            node = _module_classes(sys.modules[cls.__module__])[cls.__name__]
+        else:
+            node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    except (OSError, TypeError, KeyError):
+        return {}
+    docs = {}
+    for statement, following in zip(node.body, node.body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+@functools.lru_cache(maxsize=None)
+def _module_classes(module) -> dict:
+    """{class name: its ast.ClassDef} of a module's top level."""
+    import ast
+    import inspect
+
+    return {node.name: node for node in ast.parse(inspect.getsource(module)).body if isinstance(node, ast.ClassDef)}
+
+
 # ---- generic loading: mapping / YAML / dotted overrides -> frozen dataclass --------------------
 
 T = typing.TypeVar("T")
@@ -430,6 +469,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_yaml",
+    "field_docs",
     "apply_overrides",
     "CONNECTOR_NAMES",
 ]

@@ -90,8 +90,8 @@ def test_analyze_commands_on_real_runs(built_model, tmp_path, capsys):
 
 
 def test_runs_with_the_same_folder_name_keep_distinct_labels(tmp_path):
-    from lntune.analysis.commands import _labelled
+    from lntune.analysis.commands import label_by_folder
 
-    assert list(_labelled([tmp_path / "a" / "ln", tmp_path / "b" / "full"])) == ["ln", "full"]
-    assert list(_labelled([tmp_path / "a" / "ln", tmp_path / "b" / "ln"])) == [str(tmp_path / "a" / "ln"),
-                                                                               str(tmp_path / "b" / "ln")]
+    assert list(label_by_folder([tmp_path / "a" / "ln", tmp_path / "b" / "full"])) == ["ln", "full"]
+    assert list(label_by_folder([tmp_path / "a" / "ln", tmp_path / "b" / "ln"])) == [
+        str(tmp_path / "a" / "ln"), str(tmp_path / "b" / "ln")]

@@ -1,7 +1,8 @@
 """`lntune analyze similarity | gradients | drift`: files in (runs, models, data), JSON + PNG out.
 
-Each analysis is a function of named inputs ({label: run or model}) and an output folder, so the CLI
-and `lntune compare` (which labels runs by their study names) share one implementation.
+Each analysis is a function of named inputs ({label: run or model}) and an output folder, so `lntune analyze`
+(which labels runs by their folder names: the *_of functions) and `lntune compare` (by their study names) share one
+implementation.
 """
 
 from __future__ import annotations
@@ -150,32 +151,33 @@ def drift_analysis(runs: dict[str, Path], out: Path) -> dict:
     return results
 
 
-# ---- the CLI's view: run directories labelled by their folder names --------------------------------
+# ---- run directories labelled by their folder names (lntune analyze) ------------------------------
 
-def _labelled(paths) -> dict[str, Path]:
+def label_by_folder(paths) -> dict[str, Path]:
     """{folder name: path}; full paths when two folders share a name (runs/a/ln and runs/b/ln), so none is lost."""
     names = [Path(path).name for path in paths]
     unique = len(set(names)) == len(names)
     return {(Path(path).name if unique else str(path)): Path(path) for path in paths}
 
 
-def similarity(args) -> dict:
-    targets = {name: run_model(path) for name, path in _labelled(args.run or []).items()}
-    targets.update({name: (str(path), None) for name, path in _labelled(args.model or []).items()})
+def similarity_of(runs: list[str], models: list[str], data: str, image_folder: str | None, out: Path,
+                  **settings) -> dict:
+    """similarity_analysis of run directories (their model + adapter) and plain model directories, labelled by
+    folder name; `settings`: n, tokens, batch_size, max_length, seed. Returns {label: mean off-diagonal}."""
+    targets = {name: run_model(path) for name, path in label_by_folder(runs).items()}
+    targets.update({name: (str(path), None) for name, path in label_by_folder(models).items()})
     if not targets:
         raise LntuneError("give --run RUN_DIR or --model DIR (repeatable)")
-    results = similarity_analysis(targets, args.data, args.image_folder, Path(args.out), n=args.n, tokens=args.tokens,
-                                  batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    results = similarity_analysis(targets, data, image_folder, Path(out), **settings)
     return {name: result["mean_off_diagonal"] for name, result in results.items()}
 
 
-def gradients(args) -> dict:
-    results = gradient_analysis(_labelled(args.runs), Path(args.out), args.window)
+def gradients_of(runs: list[str], out: Path, window: int = 50) -> dict:
+    """gradient_analysis of run directories labelled by folder name; returns {label: variance}."""
+    results = gradient_analysis(label_by_folder(runs), Path(out), window)
     return {name: result["variance"] for name, result in results.items()}
 
 
-def drift(args) -> dict:
-    return drift_analysis(_labelled(args.runs), Path(args.out))
-
-
-ACTIONS = {"similarity": similarity, "gradients": gradients, "drift": drift}
+def drift_of(runs: list[str], out: Path) -> dict:
+    """drift_analysis of run directories labelled by folder name."""
+    return drift_analysis(label_by_folder(runs), Path(out))

@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
-from lntune.config import DataConfig, config_from_dict
+from lntune.config import DataConfig
 from lntune.data.images import ImageError, load_image
-from lntune.data.mixture import build_mixture, parse_data_spec
+from lntune.data.mixture import build_mixture
 from lntune.errors import LntuneError
 
 EXAMPLES = 5
 BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
-def check_data(args) -> dict:
+def check_data(data_config: DataConfig, model: str | None = None, stage: str = "finetune",
+               limit: int | None = None) -> dict:
+    """The report on `data_config`'s samples (the first `limit` of them): counts, images, duplicate ids, and with a
+    built `model` token lengths and the label-mask self-check as training in `stage` would tokenise them.
+
+    Bad records are counted, never fatal: the check reads the data with skip_invalid on, whatever the config says.
+    """
     from tqdm.auto import tqdm
 
-    data_config = config_from_dict(DataConfig, {
-        "sources": [{k: v for k, v in vars(parse_data_spec(spec)).items() if v is not None} for spec in args.specs],
-        "image_folder": args.image_folder, "types": args.types, "template": args.template,
-        "max_length": args.max_length, "skip_invalid": True,
-    }, "command line")
+    data_config = dataclasses.replace(data_config, skip_invalid=True)
     # Every image is decoded below, so the stat-only up-front check (which would drop them here) is not needed.
     mixture = build_mixture(data_config, seed=0, check_images=False)
     dataset = None
-    if args.model:
+    if model:
         from lntune.data.dataset import SupervisedDataset
         from lntune.model.load import load_llava_config, load_processor
 
-        dataset = SupervisedDataset(mixture, load_processor(args.model), load_llava_config(args.model).image_seq_length,
-                                    data_config, args.stage)
+        dataset = SupervisedDataset(mixture, load_processor(model), load_llava_config(model).image_seq_length,
+                                    data_config, stage)
     problems = {"missing_images": [], "unreadable_images": [], "mask_check": []}
     lengths, over_limit = [], 0
     first_seen, duplicates = {}, []  # sample id -> where it first appeared; messages for repeats
-    count = min(len(mixture), args.limit) if args.limit else len(mixture)
+    count = min(len(mixture), limit) if limit else len(mixture)
     for index in tqdm(range(count), desc="checking", unit="sample", disable=count < 1000):
         record = mixture.record(index)
         if record.id != record.where:  # a record without an id is named by its place, which is unique

@@ -61,3 +61,16 @@ def report(runs: list[Path]) -> str:
         lines.append("")
         lines += [f"- {note}" for note in sorted(notes)]
     return "\n".join(lines) + "\n"
+
+
+def format_metrics(metrics: dict, prefix: str = "") -> str:
+    """`lntune score`'s readable view of a metrics mapping: one `key value` line per number, nested keys dotted."""
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            lines.append(format_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, float):
+            lines.append(f"{prefix}{key:<28} {value:.4f}")
+        elif not isinstance(value, list) or value:
+            lines.append(f"{prefix}{key:<28} {value}")
+    return "\n".join(line for line in lines if line)
