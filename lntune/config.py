@@ -187,17 +187,24 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay on matrices (never on norms, biases or embeddings)."""
     warmup_ratio: float = 0.03
+    """Fraction of the steps over which the learning rate rises linearly from 0 (LLaVA: 0.03)."""
     scheduler: str = "cosine"
+    """Learning-rate schedule after warmup: cosine, linear, constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping; 0 turns it off."""
     precision: str = "auto"
-    """auto: bf16 on GPUs that have it, else fp32."""
+    """auto (bf16 on GPUs that have it, else fp32), bf16, fp16, fp32."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward (non-reentrant, so norm tuning still gets its gradients): less memory,
+    about a third more compute."""
     seed: int = 0
+    """Seeds the data order, sampling and initialisations; the same seed and data give the same run."""
     log_every: int = 1
+    """Write metrics.jsonl / TensorBoard every N optimizer steps."""
     save_every: int = 500
     """Checkpoint every N optimizer steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
     distributed: str = "ddp"
     """How several processes (torchrun) share the work: ddp (replicas), fsdp2 (sharded parameters), or DeepSpeed
     zero2 (sharded optimizer state and gradients) / zero3 (and sharded parameters); the last two need deepspeed."""
