@@ -112,3 +112,29 @@ def sentencepiece_tokenizer(folder, legacy: bool):
     tokenizer = AutoTokenizer.from_pretrained(str(write_sentencepiece_tokenizer(folder, legacy)), local_files_only=True)
     add_special_tokens(tokenizer)
     return tokenizer
+
+
+def shifted_offsets(tokenizer, shift: int):
+    """A context in which `tokenizer` reports every token `shift` characters to the left of where it is: the label
+    mask then covers other text, which the mask self-check must catch."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def patched():
+        tokenizer_class = tokenizer.__class__
+        real_call = tokenizer_class.__call__
+
+        def call(self, text, **kwargs):
+            encoding = real_call(self, text, **kwargs)
+            if "offset_mapping" in encoding:
+                offsets = encoding["offset_mapping"]
+                encoding["offset_mapping"] = [(max(0, s - shift), max(0, e - shift)) for s, e in offsets]
+            return encoding
+
+        tokenizer_class.__call__ = call
+        try:
+            yield
+        finally:
+            tokenizer_class.__call__ = real_call
+
+    return patched()

@@ -15,7 +15,7 @@ from lntune.data.mixture import build_mixture, parse_data_spec
 from lntune.data.records import RecordFile
 from lntune.errors import LntuneError
 from lntune.model.load import load_llava_config, load_processor
-from tests.helpers import write_llava_data
+from tests.helpers import shifted_offsets, write_llava_data
 
 GOOD = {"id": "a", "image": "x.png", "conversations": [
     {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A square."}]}
@@ -164,20 +164,8 @@ def test_vicuna_v1_is_llavas_format(built_model):
 def test_mask_self_check_catches_a_broken_tokenizer(built_model):
     """A tokenizer whose offsets are wrong would supervise the wrong text: the check names the sample."""
     tokenizer = load_processor(built_model()).tokenizer
-    real_call = tokenizer.__class__.__call__
-
-    def shifted_offsets(self, text, **kwargs):
-        encoding = real_call(self, text, **kwargs)
-        if "offset_mapping" in encoding:
-            encoding["offset_mapping"] = [(max(0, s - 6), max(0, e - 6)) for s, e in encoding["offset_mapping"]]
-        return encoding
-
-    tokenizer.__class__.__call__ = shifted_offsets
-    try:
-        with pytest.raises(LntuneError, match="sample 42.*self-check failed"):
-            PromptBuilder(tokenizer, "vicuna_v1").encode(MESSAGES, "sample 42")
-    finally:
-        tokenizer.__class__.__call__ = real_call
+    with shifted_offsets(tokenizer, 6), pytest.raises(LntuneError, match="sample 42.*self-check failed"):
+        PromptBuilder(tokenizer, "vicuna_v1").encode(MESSAGES, "sample 42")
 
 
 # ---- mixing --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import pytest
 
 from lntune.data.chat import IGNORE_INDEX, PromptBuilder, VICUNA_SYSTEM
 from lntune.errors import LntuneError
+from tests.helpers import shifted_offsets
 
 CONVERSATION = [("user", "<image>\nWhat colour is the ball?"), ("assistant", "It is red ."),
                 ("user", "And the box?"), ("assistant", "blue , I think .")]
@@ -37,17 +38,5 @@ def test_word_level_spacing_is_no_template_mismatch():
 
 def test_a_shifted_mask_is_still_caught():
     tokenizer = _word_level_tokenizer()
-    real_call = tokenizer.__class__.__call__
-
-    def shifted_offsets(self, text, **kwargs):
-        encoding = real_call(self, text, **kwargs)
-        if "offset_mapping" in encoding:  # three characters to the left: the mask covers other words
-            encoding["offset_mapping"] = [(max(0, s - 3), max(0, e - 3)) for s, e in encoding["offset_mapping"]]
-        return encoding
-
-    tokenizer.__class__.__call__ = shifted_offsets
-    try:
-        with pytest.raises(LntuneError, match="sample 7.*self-check failed"):
-            PromptBuilder(tokenizer, "vicuna_v1").encode(CONVERSATION, "data.json: sample 7")
-    finally:
-        tokenizer.__class__.__call__ = real_call
+    with shifted_offsets(tokenizer, 3), pytest.raises(LntuneError, match="sample 7.*self-check failed"):
+        PromptBuilder(tokenizer, "vicuna_v1").encode(CONVERSATION, "data.json: sample 7")
