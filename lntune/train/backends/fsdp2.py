@@ -31,9 +31,6 @@ class Fsdp2Backend(Backend):
     def prepare(self, model, optimizer, scheduler) -> None:
         self._prepared(model, model, optimizer, scheduler)
 
-    def trainable_numel(self) -> int:
-        return super().trainable_numel() * self.world
-
     def no_sync(self, last: bool):
         # FSDP2 reads this flag in the backward, which the loop runs after this scope: the micro-steps before the
         # last still reduce their gradients (the sums are the same; only the communication is not saved).
