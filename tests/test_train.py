@@ -441,6 +441,20 @@ def test_deepspeed_failure_midway_undoes_its_process_wide_changes(built_model, t
     assert torch.nn.functional.linear is linear and "LOCAL_RANK" not in os.environ
 
 
+def test_failed_run_leaves_no_settings_behind(built_model, tmp_path):
+    """Accelerate keeps a run's settings (its precision) in a process-wide singleton: a run that failed midway must
+    not hold a later run in the same process (lntune compare, notebooks) to them."""
+    model_dir = built_model()
+    path, broken = write_llava_data(tmp_path / "broken", count=8)
+    for image in broken.iterdir():
+        image.write_bytes(b"not a png")  # the first batch fails to load, inside the training loop
+    with pytest.raises(LntuneError, match="--skip-invalid"):
+        train(run_config(model_dir, tmp_path / "failed", (path, broken), precision="bf16"), say=lambda m: None)
+    good = write_llava_data(tmp_path / "good", count=8)
+    run = train(run_config(model_dir, tmp_path / "next", good, precision="fp32", max_steps=1), say=lambda m: None)
+    assert (run / "adapter" / "trainable.safetensors").is_file()
+
+
 def test_deepspeed_config_file_offloads_and_is_checked(built_model, data, tmp_path):
     """A user's DeepSpeed JSON is merged in (here: the optimizer state offloaded to the CPU, which keeps lntune's
     AdamW); keys lntune sets itself are refused before any work, unless "auto"."""

@@ -6,12 +6,11 @@ checkpoint directory appears under its final name only when complete: it is writ
 renamed, so a run killed mid-save resumes from the previous one. Resuming verifies the newest checkpoint against its
 manifest and falls back to the newest intact one. Loading runs no code from a checkpoint: lntune's own files are
 safetensors + JSON (lntune.train.state_file), no pickle; DeepSpeed's files (pickles) are read with
-torch.load(weights_only=True), allowing only the few DeepSpeed classes they hold.
+torch.load(weights_only=True), allowing only the few DeepSpeed classes they hold (lntune.train.zero.tensors_only_loads).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
@@ -23,7 +22,6 @@ import torch
 
 from lntune.errors import LntuneError
 from lntune.train import manifest
-from lntune.train.distributed import gather_trainable, load_optimizer_state, load_trainable, optimizer_state
 from lntune.train.state_file import load_state, save_state
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -63,12 +61,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-                    sharded: bool = False, engine=None) -> Path:
-    """Collective: every process calls it. `model` is the unwrapped (but possibly sharded) model; under DeepSpeed
-    (`engine`) the optimizer and schedule are the engine's partitioned checkpoint, in `deepspeed/`."""
-    from safetensors.torch import save_file
-
+def save_checkpoint(backend, run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Collective: every process calls it. The backend writes the trained tensors, optimizer and schedule (each mode
+    in its own files: lntune.train.backends); this adds every process's RNG and the step, then seals and renames."""
+    accelerator = backend.accelerator
     root = run_dir / "checkpoints"
     final = root / f"step-{step:08d}"
     staging = root / f".step-{step:08d}.tmp"
@@ -77,20 +73,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     save_state(_rng_state(), staging / f"rng-{accelerator.process_index}.safetensors")
-    if engine is not None:
-        from lntune.train import zero
-
-        tensors = zero.gather_trainable(engine)  # collective
-        zero.save_engine_state(engine, staging)  # collective: each process writes its partition
-    else:
-        gathered = sharded or accelerator.is_main_process  # under FSDP2 every process joins the gathers
-        tensors = gather_trainable(model) if gathered else None
-        optimizer_state_dict = optimizer_state(model, optimizer, sharded) if gathered else None
+    backend.save_state(staging)
     if accelerator.is_main_process:
-        save_file(tensors, str(staging / "trainable.safetensors"))
-        if engine is None:
-            save_state(optimizer_state_dict, staging / "optimizer.safetensors")
-            save_state(scheduler.state_dict(), staging / "scheduler.safetensors")
         (staging / "state.json").write_text(json.dumps(dict(state, step=step, world_size=accelerator.num_processes), indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -147,53 +131,15 @@ def select_checkpoint(accelerator, run_dir: Path, say) -> Path | None:
     return None if value is None else Path(value)
 
 
-@contextlib.contextmanager
-def _deepspeed_loads_tensors_only(engine):
-    """DeepSpeed reads its files with torch.load(weights_only=False), which runs whatever code a planted pickle names;
-    here its checkpoint engine reads them with weights_only=True, allowing only the classes its files hold."""
-    classes = manifest.deepspeed_classes()
-    checkpoint_engine = engine.checkpoint_engine
-    original = checkpoint_engine.load
-
-    def load(path, map_location=None):
-        with torch.serialization.safe_globals(classes):
-            return torch.load(path, map_location=map_location, weights_only=True)
-
-    checkpoint_engine.load = load
-    try:
-        yield
-    finally:
-        checkpoint_engine.load = original
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False, engine=None) -> dict:
-    from safetensors.torch import load_file
-
+def load_checkpoint(backend, path: Path) -> dict:
+    """Every process: the backend's state and this process's RNG, from a checkpoint that select_checkpoint chose."""
+    accelerator = backend.accelerator
     state = json.loads((path / "state.json").read_text())
     if state["world_size"] != accelerator.num_processes:
         raise LntuneError(
             f"{path} was written by {state['world_size']} processes; resume with the same number "
             f"(got {accelerator.num_processes}) so that every step sees the same data"
         )
-    if engine is not None:
-        from lntune.train import zero
-
-        try:
-            with _deepspeed_loads_tensors_only(engine):
-                zero.load_engine_state(engine, path)  # trained weights, optimizer partitions and the schedule
-        except LntuneError:
-            raise
-        except Exception as error:
-            raise LntuneError(f"{path}: DeepSpeed could not load its state ({_first_line(error)}); delete {path} to "
-                              "resume from the checkpoint before it") from error
-    else:
-        load_trainable(model, load_file(str(path / "trainable.safetensors")))
-        load_optimizer_state(model, optimizer, load_state(path / "optimizer.safetensors"), sharded)
-        scheduler.load_state_dict(load_state(path / "scheduler.safetensors"))
+    backend.load_state(path)
     _set_rng_state(load_state(path / f"rng-{accelerator.process_index}.safetensors"))
     return state

@@ -1,4 +1,4 @@
-"""Sharding for many processes: FSDP2 (torch's fully_shard), and the collective helpers it needs.
+"""FSDP2's internals (lntune.train.backends.fsdp2 drives them), and the gathers of trained tensors every mode uses.
 
 DDP goes through Accelerate. FSDP2 is applied here directly: one shard unit per decoder block and
 the root (which holds the vision encoder, connector, embeddings and head); Accelerate's FSDP path is GPU-only, while fully_shard runs
@@ -78,19 +78,15 @@ def load_trainable(model, tensors: dict[str, torch.Tensor]) -> None:
                 parameter.copy_(tensor)
 
 
-def optimizer_state(model, optimizer, sharded: bool):
-    """The optimizer's state as one full dict (gathered from the shards under FSDP2; collective)."""
-    if not sharded:
-        return optimizer.state_dict()
+def full_optimizer_state(model, optimizer):
+    """The optimizer's state as one full dict on the CPU, gathered from the shards. Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_optimizer_state(model, optimizer, state, sharded: bool) -> None:
-    if not sharded:
-        optimizer.load_state_dict(state)
-        return
+def load_full_optimizer_state(model, optimizer, state) -> None:
+    """The reverse of full_optimizer_state: each process keeps its shard of the full dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))

@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO stage 2 and 3 (train.distributed=zero2|zero3), driven through `deepspeed.initialize` directly.
+"""DeepSpeed ZeRO stage 2 and 3 (train.distributed=zero2|zero3): the internals that lntune.train.backends.deepspeed_zero
+drives, through `deepspeed.initialize` directly.
 
 Why not Accelerate's DeepSpeed plugin: Accelerate refuses it on a CPU-only machine (it silently falls back to DDP
 with `cpu=True`, and without it every process believes it is rank 0 of 1), so that path could not be tested where
@@ -12,6 +13,7 @@ parameters are partitioned, so reading a full tensor or gradient is a collective
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lntune.errors import LntuneError
+from lntune.train import manifest
 
 STAGES = {"zero2": 2, "zero3": 3}
 CHECKPOINT_TAG = "deepspeed"
@@ -111,9 +114,6 @@ def _process_group_of_one() -> None:
                                          init_method=f"tcp://127.0.0.1:{port}")
 
 
-_LIVE_ENGINES: list = []  # engines made by initialize() and not yet shut down (their changes are in effect)
-
-
 def initialize(model, optimizer, scheduler, stage: int, train_config, world: int, precision: str, extra: dict):
     """Wrap `model` in a DeepSpeed engine. Returns (engine, optimizer, scheduler); the engine steps both.
     With one process it makes a process group of one and keeps it for later runs in the process (DeepSpeed caches
@@ -136,8 +136,8 @@ def initialize(model, optimizer, scheduler, stage: int, train_config, world: int
     except BaseException:
         _undo(saved)
         raise
+    # Undone by shutdown(engine), which the DeepSpeed backend calls on leaving the run, however it ends.
     engine.lntune_saved_process_state = saved
-    _LIVE_ENGINES.append(engine)  # until shutdown: a run that fails anywhere later undoes the changes too
     return engine, optimizer, scheduler
 
 
@@ -149,19 +149,12 @@ def _undo(saved) -> None:
 
 
 def shutdown(engine) -> None:
-    """Release the engine and undo DeepSpeed's process-wide changes (see initialize)."""
-    _LIVE_ENGINES[:] = [live for live in _LIVE_ENGINES if live is not engine]
+    """Release the engine and undo DeepSpeed's process-wide changes (see initialize). Local: no collective."""
     try:
         if hasattr(engine, "destroy"):
             engine.destroy()
     finally:
         _undo(engine.lntune_saved_process_state)
-
-
-def shutdown_all() -> None:
-    """Shut down every engine still live (newest first): what a failed run calls, wherever it failed."""
-    while _LIVE_ENGINES:
-        shutdown(_LIVE_ENGINES[-1])
 
 
 def numel(parameter) -> int:
@@ -193,7 +186,28 @@ def save_engine_state(engine, directory) -> None:
     engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, exclude_frozen_parameters=True)
 
 
+@contextlib.contextmanager
+def tensors_only_loads(engine):
+    """DeepSpeed reads its files with torch.load(weights_only=False), which runs whatever code a planted pickle names;
+    here its checkpoint engine reads them with weights_only=True, allowing only the classes its files hold."""
+    classes = manifest.deepspeed_classes()
+    checkpoint_engine = engine.checkpoint_engine
+    original = checkpoint_engine.load
+
+    def load(path, map_location=None):
+        with torch.serialization.safe_globals(classes):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    checkpoint_engine.load = load
+    try:
+        yield
+    finally:
+        checkpoint_engine.load = original
+
+
 def load_engine_state(engine, directory) -> None:
+    """The engine's weights, optimizer partitions and schedule from what save_engine_state wrote (run inside
+    tensors_only_loads)."""
     path, _ = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG, load_module_strict=False,
                                      load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:

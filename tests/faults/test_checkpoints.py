@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from lntune.cli import main
 from lntune.errors import LntuneError
 from lntune.train import manifest
-from lntune.train.checkpoint import _deepspeed_loads_tensors_only
+from lntune.train.zero import tensors_only_loads
 from lntune.train.logger import truncate_jsonl
 from lntune.train.state_file import load_state
 from tests.helpers import write_llava_data
@@ -244,7 +244,7 @@ def test_planted_pickle_in_deepspeed_state_is_never_run(zero3_run, tmp_path):
         class checkpoint_engine:  # noqa: N801 (DeepSpeed's attribute name)
             load = staticmethod(lambda path, map_location=None: torch.load(path, weights_only=False))
 
-    with _deepspeed_loads_tensors_only(Engine), pytest.raises(Exception, match="Weights only load failed"):
+    with tensors_only_loads(Engine), pytest.raises(Exception, match="Weights only load failed"):
         Engine.checkpoint_engine.load(str(_optimizer_states(checkpoint)))
     assert not marker.exists()
 
