@@ -17,9 +17,11 @@ from pathlib import Path
 
 
 def tiny_model(root: Path) -> Path:
+    # The tests' tiny random backbones (tests/backbones.py): the repository root onto the path, as pytest puts it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from lntune.config import BuildConfig
-    from lntune.demo.backbones import write_tiny_llm, write_tiny_vision
     from lntune.model.build import build_mllm
+    from tests.backbones import write_tiny_llm, write_tiny_vision
 
     llm = write_tiny_llm(root / "llm", hidden_size=64, layers=4)
     vision = write_tiny_vision(root / "vision", hidden_size=64, layers=2)

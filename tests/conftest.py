@@ -38,7 +38,7 @@ def no_network():
 @pytest.fixture(scope="session")
 def backbone_dir(tmp_path_factory):
     """backbone_dir("llm", "qwen3") / backbone_dir("vision", "siglip"): a cached tiny backbone directory."""
-    from lntune.demo.backbones import write_tiny_llm, write_tiny_vision
+    from tests.backbones import write_tiny_llm, write_tiny_vision
 
     root = tmp_path_factory.mktemp("backbones")
     cache = {}

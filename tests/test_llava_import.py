@@ -251,7 +251,7 @@ def write_llava_checkpoint(source_dir, llm_dir, out, llm_family, tower, file_for
 ])
 def test_llava_checkpoint_converts_with_identical_logits(llm_family, connector, tower, file_format,
                                                           built_model, backbone_dir, tmp_path):
-    from lntune.demo.backbones import write_tiny_vision
+    from tests.backbones import write_tiny_vision
 
     source_dir = built_model(llm=llm_family, connector=connector)
     checkpoint = tmp_path / "llava-checkpoint"

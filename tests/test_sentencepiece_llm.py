@@ -14,7 +14,7 @@ SAMPLES = ["<s>A chat</s>USER: What is on the table?", "<image>\nWhat", "Two  sp
 
 
 def _sentencepiece_llm(root, legacy):
-    from lntune.demo.backbones import write_tiny_llm
+    from tests.backbones import write_tiny_llm
 
     tokenizer_dir = write_sentencepiece_tokenizer(root / "tokenizer", legacy)
     llm = write_tiny_llm(root / "llm", tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir)))

@@ -38,7 +38,7 @@ def _cosine(step: int, total: int, peak: float, warmup: int = 50) -> float:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 800):
-    from lntune.demo.backbones import build_tokenizer
+    from lntune.demo.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -1,42 +1,23 @@
 """Tiny random backbones in standard HF architectures, written as ordinary local model directories.
 
-Tests and the demo use them exactly as a user's real checkpoints are used (`lntune build --llm DIR
---vision DIR`), so every code path they exercise is the real one. Sizes are the smallest that keep
-each family's structure (grouped-query attention, Qwen3's q/k norms, Gemma2's four block norms).
+The tests (tests/conftest.py's `backbone_dir`) and bench/eval_throughput.py use them exactly as a user's real
+checkpoints are used (`lntune build --llm DIR --vision DIR`), so every code path they exercise is the real one.
+Sizes are the smallest that keep each family's structure (grouped-query attention, Qwen3's q/k norms, Gemma2's
+four block norms). The demo's backbones are pretrained instead: lntune/demo/pretrain.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lntune.demo.tokenizer import build_tokenizer
 from lntune.errors import unknown_key_error
 
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 DEFAULT_CORPUS = (
     "a red circle is left of a blue square. the green triangle is small. how many objects are there? two.",
     "describe the image. there is a large yellow star on a gray background.",
     "is there a cat in the image? no. what color is the square? blue.",
 )
-
-
-def build_tokenizer(corpus=DEFAULT_CORPUS, vocab_size: int = 320):
-    """A byte-level BPE tokenizer (any text encodes; no unknown words) trained on `corpus`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
 
 
 def _common(tokenizer, hidden_size: int, layers: int) -> dict:
@@ -99,7 +80,7 @@ def write_tiny_llm(out: str | Path, family: str = "llama", hidden_size: int = 32
 
     if family not in LLM_FAMILIES:
         raise unknown_key_error("LLM family", family, LLM_FAMILIES)
-    tokenizer = tokenizer or build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer(DEFAULT_CORPUS, vocab_size=320)
     config = LLM_FAMILIES[family](tokenizer, hidden_size, layers)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
