@@ -1,4 +1,4 @@
-"""The built-in tiny world, its backbones, `lntune demo` and `lntune compare` (on minimal budgets)."""
+"""The built-in tiny world, its backbones and `lntune demo` (on minimal budgets); `lntune compare`: test_study.py."""
 
 import hashlib
 import json
@@ -6,7 +6,6 @@ import json
 import pytest
 
 from lntune.cli import main
-from lntune.demo.compare import run_compare
 from lntune.demo.files import WorldSize, write_world
 from lntune.eval.benchmarks import get_benchmark
 
@@ -74,53 +73,3 @@ def test_demo_smoke_fills_every_table_cell(tmp_path, monkeypatch, capsys):
         assert " - " not in row, row  # every cell of a trained model's row is filled
     assert (tmp_path / "demo" / "loss_curves.png").stat().st_size > 1000
     assert "lntune chat" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_compare_smoke(tmp_path, monkeypatch):
-    monkeypatch.setenv("LNTUNE_CACHE", str(tmp_path / "cache"))
-    config = tmp_path / "compare.yaml"
-    config.write_text(
-        "world: tiny\nworld_size: {train_scenes: 24, text_scenes: 40, eval_images: 4}\n"
-        "backbones: {llm_steps: 3, vision_steps: 3}\n"
-        "budget: {stage1_steps: 2, stage2_steps: 2, batch_size: 4, eval_batch_size: 8}\n"
-        "benches: [vqav2, pope]\n"
-        "studies:\n  data_types:\n    title: Data types\n    runs:\n"
-        "      - {name: conversation, method: layernorm, overrides: ['data.types=[conversation]']}\n"
-        "      - {name: random, method: layernorm-simple, overrides: [\"data.sources=[{path: '{instructions}', count: 8}]\"]}\n"
-        "      - {name: lora, method: lora}\n"
-        "analysis: {n: 4, window: 2}\n")
-    assert main(["compare", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
-    out = tmp_path / "out"
-    report = (out / "report.md").read_text()
-    assert "| conversation |" in report and "| random |" in report
-    assert (out / "loss_data_types.png").is_file()
-    # The analyses: similarity for every run; gradient variance and drift for the runs that train norms.
-    analyses = report.split("### Analyses")[1]
-    similarity = json.loads((out / "analysis" / "data_types" / "similarity.json").read_text())
-    assert set(similarity) == {"conversation", "random", "lora"}
-    for name, result in similarity.items():
-        assert f"| {name} | {result['mean_off_diagonal']:.4f} |" in analyses
-    gradients = json.loads((out / "analysis" / "data_types" / "gradients.json").read_text())
-    assert set(gradients) == {"conversation", "random"}
-    assert f"| random | {gradients['random']['variance']:.4g} |" in analyses
-    assert "No gradient variance or drift for lora" in analyses
-    for figure in ("similarity.png", "gradients.png", "drift.png"):
-        assert f"(analysis/data_types/{figure})" in analyses
-        assert (out / "analysis" / "data_types" / figure).stat().st_size > 5000
-
-
-def test_compare_refuses_bad_analysis_settings_before_training(tmp_path):
-    from lntune.errors import LntuneError
-
-    config = tmp_path / "compare.yaml"
-    base = "world: files\nmodel: /nonexistent\nstage1_model: /nonexistent\nstudies: {s: {runs: []}}\n"
-    config.write_text(base + "analysis: {data: '{nowhere}'}\n")
-    with pytest.raises(LntuneError, match="analysis.data '{nowhere}' names a path that is not defined"):
-        run_compare(config, out=str(tmp_path / "out"))
-    config.write_text(base + "analysis: {samples: 3}\n")
-    with pytest.raises(LntuneError, match="samples"):
-        run_compare(config, out=str(tmp_path / "out"))
-    config.write_text(base.replace("{runs: []}", "{runs: [], analyse: false}"))
-    with pytest.raises(LntuneError, match="study 's': unknown key 'analyse'"):
-        run_compare(config, out=str(tmp_path / "out"))

@@ -1,6 +1,6 @@
 """`lntune <command>`: COMMANDS maps each command name to its Command (define its arguments, run it, one line of help).
 
-One module per command group (model, train, data, evaluate, analysis, demo); each only turns flags into typed
+One module per command group (model, train, data, evaluate, analysis, demo, study); each only turns flags into typed
 arguments or configs and calls the library. The train flags are derived from the config dataclasses
 (config_flags.py), so a new config field is a new flag, with its doc as the help.
 
@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from lntune import __version__
-from lntune.cli import analysis, data, demo, evaluate, model, train
+from lntune.cli import analysis, data, demo, evaluate, model, study, train
 from lntune.cli.command import Command, add_debug_flag
 
 COMMANDS: dict[str, Command] = {
@@ -35,7 +35,7 @@ COMMANDS: dict[str, Command] = {
     # "serve": serve.SERVE,
     "analyze": analysis.ANALYZE,
     "demo": demo.DEMO,
-    "compare": demo.COMPARE,
+    "compare": study.COMPARE,
 }
 
 

@@ -1,4 +1,4 @@
-"""`lntune demo` and `lntune compare`: the paper in miniature on the built-in tiny world."""
+"""`lntune demo`: the paper in miniature on the built-in tiny world."""
 
 from __future__ import annotations
 
@@ -25,18 +25,4 @@ def _demo_run(args) -> int:
     return run_demo(args.out, methods, args.rebuild, args.budget)
 
 
-def _compare_arguments(parser):
-    parser.add_argument("--config", default="configs/demo-compare.yaml", help="the studies to run (YAML)")
-    parser.add_argument("--out", help="output directory (default: the config's `out`)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached tiny world and backbones")
-
-
-def _compare_run(args) -> int:
-    from lntune.demo.compare import run_compare
-
-    return run_compare(args.config, args.out, args.rebuild)
-
-
 DEMO = Command(_demo_arguments, _demo_run, "the paper in miniature on the built-in tiny world (CPU, minutes)")
-COMPARE = Command(_compare_arguments, _compare_run,
-                  "several methods / data types / ablations side by side, one report")

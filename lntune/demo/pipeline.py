@@ -18,7 +18,11 @@ import yaml
 from lntune.config import BuildConfig, DataConfig, DataSource, MethodConfig, RunConfig, TrainConfig, apply_overrides
 from lntune.config import config_from_dict, config_to_dict
 
-BENCHES = ("mme", "vqav2", "coco", "flickr30k", "pope")
+# Benchmark -> the path name of its images folder (None: MME's files hold their images); the benchmark's own file
+# is the path of its name.
+BENCH_IMAGES = {"mme": None, "vqav2": "vqav2_images", "coco": "coco_images", "flickr30k": "flickr30k_images",
+                "pope": "pope_images"}
+BENCHES = tuple(BENCH_IMAGES)
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,20 @@ def stage1(model: Path, paths: dict, out: Path, budget: DemoBudget) -> Path:
 def stage2(model: Path, paths: dict, out: Path, budget: DemoBudget, method: str = "layernorm",
            overrides: list[str] | None = None) -> Path:
     """Stage 2 on the instruction data; `overrides` are dotted RunConfig keys (e.g. data.types=[detail])."""
+    config = stage2_config(model, paths, out, budget, method, overrides)
+    return run_stage(model, out, config.data, config.method, config.train)
+
+
+def stage2_config(model: Path, paths: dict, out: Path, budget: DemoBudget, method: str = "layernorm",
+                  overrides: list[str] | None = None, source: str = "demo") -> RunConfig:
+    """The RunConfig of a stage-2 run (checked: unknown keys, types, values), before anything trains."""
     base = RunConfig(
         model=str(model), out=str(out), method=MethodConfig(name=method),
         data=DataConfig(sources=(DataSource(str(paths["instructions"])),), image_folder=str(paths["train_images"])),
         train=TrainConfig(max_steps=budget.stage2_steps, batch_size=budget.batch_size, save_every=0, log_every=5,
                           lr=DEMO_LEARNING_RATES.get(method)),
     )
-    config = config_from_dict(RunConfig, apply_overrides(config_to_dict(base), overrides or []), "demo")
-    return run_stage(model, out, config.data, config.method, config.train)
+    return config_from_dict(RunConfig, apply_overrides(config_to_dict(base), overrides or []), source)
 
 
 # Learning rates for the tiny world (hidden 128): larger than the 7B defaults, found by a short sweep on this world.
@@ -82,9 +92,8 @@ DEMO_LEARNING_RATES = {"full": 3e-4, "lora": 2e-3, "attn-qv": 1e-3, "attn-mlp": 
 
 
 def bench_files(paths: dict, bench: str) -> tuple[Path, Path | None]:
-    images = {"mme": None, "vqav2": paths["vqav2_images"], "coco": paths["coco_images"],
-              "flickr30k": paths["flickr30k_images"], "pope": paths["pope_images"]}
-    return Path(paths[bench]), images[bench]
+    images = BENCH_IMAGES[bench]
+    return Path(paths[bench]), paths[images] if images else None
 
 
 def evaluate(model: Path, adapter: Path | None, paths: dict, out: Path, budget: DemoBudget,

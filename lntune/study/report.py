@@ -1,22 +1,24 @@
-"""The analyses as a markdown section of a comparison report (used by `lntune compare`)."""
+"""The compare report: its header, one section per study (results table, loss plot) and each study's analyses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from lntune.analysis.commands import drift_analysis, gradient_analysis, run_model, similarity_analysis
+from lntune.demo.pipeline import DemoBudget
+from lntune.demo.report import results_table
+from lntune.study.config import AnalysisSettings
 
 
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """The `analysis:` block of a compare config."""
-    data: str | None = "{instructions}"   # samples for layer similarity ({name} = a path of the world / `paths`)
-    image_folder: str | None = "{train_images}"
-    n: int = 100                          # similarity samples (a seeded draw)
-    tokens: str = "all"                   # similarity pooling: all | image | text
-    window: int = 50                      # gradient variance: sliding-window length in steps
-    batch_size: int = 8
+def report_header(config_name: str, seed: int, budget: DemoBudget) -> str:
+    return (f"# lntune compare: {config_name}\n\n"
+            f"Same stage-1 model, seed {seed} and budget for every run: "
+            f"{budget.stage2_steps} steps of {budget.batch_size} samples.\n")
+
+
+def study_section(title: str, rows: list[dict], loss_plot: Path) -> str:
+    """The study's results table (rows as demo.report.results_table takes them) and its loss plot."""
+    return f"## {title}\n\n{results_table(rows)}\n\n![loss curves]({loss_plot.name})\n"
 
 
 def trains_norms(run: Path) -> bool:
