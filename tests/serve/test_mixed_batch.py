@@ -1,0 +1,111 @@
+"""The feature that makes the server worth having: sequences of different adapters share one forward pass, and each
+gets exactly what its adapter alone would give (the same greedy tokens; logits within fp32 rounding)."""
+
+import pytest
+import torch
+
+from lntune.adapter import load_adapter
+from lntune.data.images import pixel_values
+from lntune.eval.generate import AnswerGenerator, GenerationPrompts
+from lntune.model.load import load_model, load_processor
+from lntune.serve.adapters import AdapterSet
+from lntune.serve.decoding import Decoder, Sequence, Sink
+from lntune.serve.sampling import SamplingParams
+from tests.helpers import make_image
+
+QUESTIONS = ["what color is the square?", "describe the image.", "how many objects are there?", "is there a cat?"]
+
+
+class Collect(Sink):
+    def __init__(self):
+        self.pieces, self.finish, self.error = [], None, None
+
+    def on_text(self, piece):
+        self.pieces.append(piece)
+
+    def on_finish(self, reason, prompt_tokens, completion_tokens, text):
+        self.finish = (reason, prompt_tokens, completion_tokens, text)
+
+    def on_error(self, error):
+        self.error = error
+
+
+@pytest.fixture(scope="module")
+def serving(serve_model, adapter_dirs):
+    model = load_model(serve_model).eval()
+    adapters = AdapterSet(model, serve_model)
+    for name, folder in adapter_dirs.items():
+        adapters.load(name, folder)
+    processor = load_processor(serve_model)
+    return adapters, Decoder(model, processor.tokenizer, adapters), processor
+
+
+def _alone(model_dir, adapter_dir):
+    model = load_model(model_dir)
+    if adapter_dir is not None:
+        model = load_adapter(model, adapter_dir, model_dir)
+    return model.eval()
+
+
+def _requests(processor, image_seq_length, names):
+    """(model name, prompt ids, image or None) per row: a mix of image and text-only questions."""
+    prompts = GenerationPrompts(processor, image_seq_length)
+    rows = []
+    for index, name in enumerate(names):
+        image = make_image(index) if index % 3 != 2 else None
+        rows.append((name, prompts.ids(QUESTIONS[index % len(QUESTIONS)], image is not None), image))
+    return rows
+
+
+def test_mixed_batch_equals_each_adapter_alone(serving, serve_model, adapter_dirs):
+    adapters, decoder, processor = serving
+    names = [adapters.base.name, "simple-a", "simple-b", "ln", "qv", "simple-a", "ln", adapters.base.name, "qv"]
+    rows = _requests(processor, decoder.model.config.image_seq_length, names)
+    sinks = [Collect() for _ in rows]
+    sequences = [Sequence(ids, None if image is None else pixel_values(processor, image, "pad")[None], name, 12,
+                          SamplingParams(temperature=0.0), sink=sink)
+                 for (name, ids, image), sink in zip(rows, sinks)]
+    stats = decoder.run(sequences)
+    assert stats.sequences == len(rows) and all(sink.error is None for sink in sinks)
+
+    for (name, ids, image), sink in zip(rows, sinks):
+        folder = None if name == adapters.base.name else adapter_dirs[name]
+        generator = AnswerGenerator(_alone(serve_model, folder), processor)  # `lntune eval`'s path, one question
+        expected = generator.generate([ids], [None if image is None else _padded(processor, image)], 12)[0]
+        reason, prompt_tokens, completion_tokens, text = sink.finish
+        assert text.strip() == expected, name
+        assert "".join(sink.pieces) == text and prompt_tokens == len(ids)
+
+
+def _padded(processor, image):
+    from lntune.data.images import apply_aspect_ratio
+
+    return apply_aspect_ratio(processor, image, "pad")
+
+
+def test_mixed_forward_logits_equal_each_adapter_alone(serving, serve_model, adapter_dirs):
+    """One prefill forward of a mixed batch (same prompt in every row: no padding) against each adapter's own model."""
+    adapters, decoder, processor = serving
+    names = ["simple-a", adapters.base.name, "ln", "simple-b", "qv", "simple-a"]
+    ids = GenerationPrompts(processor, decoder.model.config.image_seq_length).ids(QUESTIONS[0], True)
+    pixels = pixel_values(processor, make_image(7), "pad")[None]
+    batch = {"input_ids": torch.tensor([ids] * len(names)), "pixel_values": pixels.repeat(len(names), 1, 1, 1)}
+    sequence_rows, image_rows = adapters.rows(names, [1] * len(names))
+    with torch.no_grad(), adapters.selection.use(sequence_rows, image_rows):
+        mixed = decoder.model(**batch).logits
+    for row, name in enumerate(names):
+        folder = None if name == adapters.base.name else adapter_dirs[name]
+        with torch.no_grad():
+            alone = _alone(serve_model, folder)(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
+        torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-5)
+    # and the adapters do differ from each other (so the equality above says something)
+    assert not torch.allclose(mixed[0], mixed[1], atol=1e-3) and not torch.allclose(mixed[0], mixed[3], atol=1e-3)
+
+
+def test_base_rows_run_the_unwrapped_modules(serving, serve_model):
+    adapters, decoder, processor = serving
+    ids = GenerationPrompts(processor, decoder.model.config.image_seq_length).ids(QUESTIONS[1], False)
+    with torch.no_grad():
+        served = decoder.model(input_ids=torch.tensor([ids])).logits
+        alone = _alone(serve_model, None)(input_ids=torch.tensor([ids])).logits
+    assert torch.equal(served, alone)
