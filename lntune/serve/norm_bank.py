@@ -35,14 +35,15 @@ def one_plus_rms(x, weight, bias, eps):
 
 
 def layer_norm(x, weight, bias, eps):
-    """torch.nn.LayerNorm: (x - mean) / std * weight + bias (within rounding of the fused kernel)."""
-    out = F.layer_norm(x, (x.shape[-1],), None, None, eps) * weight
-    return out + bias if bias is not None else out
+    """torch.nn.LayerNorm: (x - mean) / std * weight + bias, in fp32 and rounded once, as its fused kernel does
+    (equal within the kernel's fp32 rounding)."""
+    out = F.layer_norm(x.float(), (x.shape[-1],), None, None, eps) * weight.float()
+    return (out + bias.float() if bias is not None else out).to(x.dtype)
 
 
 def rms_norm(x, weight, bias, eps):
-    """torch.nn.RMSNorm (within rounding of the fused kernel)."""
-    return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
+    """torch.nn.RMSNorm, in fp32 and rounded once (equal within the fused kernel's fp32 rounding)."""
+    return (F.rms_norm(x.float(), (x.shape[-1],), None, eps) * weight.float()).to(x.dtype)
 
 
 FORMULAS = {"scaled_rms": scaled_rms, "one_plus_rms": one_plus_rms, "layer_norm": layer_norm, "rms_norm": rms_norm}
@@ -75,10 +76,12 @@ def find_formula(module: nn.Module, where: str) -> str:
     eps = norm_epsilon(module)
     with torch.no_grad():
         expected = functional_call(module, parameters, (probe.to(weight.device),)).float().cpu()
-        for name, formula in FORMULAS.items():
+        # torch's own classes first try their own formula (their fused kernels round like it in half precision).
+        own = "layer_norm" if isinstance(module, nn.LayerNorm) else "rms_norm" if isinstance(module, nn.RMSNorm) else None
+        for name in sorted(FORMULAS, key=lambda candidate: candidate != own):
             if eps is None and name != "rms_norm":
                 continue
-            got = formula(probe, parameters["weight"], parameters.get("bias"), eps)
+            got = FORMULAS[name](probe, parameters["weight"], parameters.get("bias"), eps)
             if torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
                 return name
     raise LntuneError(f"norm {where} ({type(module).__name__}) computes none of the formulas lntune serve can bank "

@@ -109,3 +109,50 @@ def test_base_rows_run_the_unwrapped_modules(serving, serve_model):
         served = decoder.model(input_ids=torch.tensor([ids])).logits
         alone = _alone(serve_model, None)(input_ids=torch.tensor([ids])).logits
     assert torch.equal(served, alone)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_other_families_mix_too(built_model, tmp_path, family):
+    """Qwen3: per-head q/k norms ([B, T, H, D]) and a tied output head; Gemma2: (1 + w) norms, four per block."""
+    from tests.serve.helpers import write_adapter
+
+    model_dir = built_model(llm=family)
+    folders = {name: write_adapter(model_dir, tmp_path / name, method, seed)
+               for name, method, seed in (("a", "layernorm-simple", 1), ("b", "layernorm", 2))}
+    model = load_model(model_dir).eval()
+    adapters = AdapterSet(model, model_dir)
+    for name, folder in folders.items():
+        adapters.load(name, folder)
+    processor = load_processor(model_dir)
+    names = ["a", adapters.base.name, "b", "a"]
+    ids = GenerationPrompts(processor, model.config.image_seq_length).ids(QUESTIONS[2], True)
+    pixels = pixel_values(processor, make_image(3), "pad")[None]
+    batch = {"input_ids": torch.tensor([ids] * len(names)), "pixel_values": pixels.repeat(len(names), 1, 1, 1)}
+    with torch.no_grad(), adapters.selection.use(*adapters.rows(names, [1] * len(names))):
+        mixed = model(**batch).logits
+    for row, name in enumerate(names):
+        folder = folders.get(name)
+        with torch.no_grad():
+            alone = _alone(model_dir, folder)(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
+        torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_mixed_forward_within_bf16_rounding(serve_model, adapter_dirs):
+    model = load_model(serve_model, dtype="bfloat16").eval()
+    adapters = AdapterSet(model, serve_model)
+    for name in ("simple-a", "ln"):
+        adapters.load(name, adapter_dirs[name])
+    processor = load_processor(serve_model)
+    names = ["ln", "simple-a", adapters.base.name]
+    ids = GenerationPrompts(processor, model.config.image_seq_length).ids(QUESTIONS[0], True)
+    pixels = pixel_values(processor, make_image(1), "pad")[None].to(torch.bfloat16)
+    batch = {"input_ids": torch.tensor([ids] * len(names)), "pixel_values": pixels.repeat(len(names), 1, 1, 1)}
+    with torch.no_grad(), adapters.selection.use(*adapters.rows(names, [1] * len(names))):
+        mixed = model(**batch).logits.float()
+    for row, name in enumerate(names):
+        alone = load_model(serve_model, dtype="bfloat16")
+        if name != adapters.base.name:
+            alone = load_adapter(alone, adapter_dirs[name], serve_model)
+        with torch.no_grad():
+            expected = alone.eval()(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0].float()
+        torch.testing.assert_close(mixed[row], expected, rtol=2e-2, atol=2e-2)
