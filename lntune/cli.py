@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from lntune import __version__
+from lntune.serve import cli as serve_cli
 
 
 def _add_method_switches(parser: argparse.ArgumentParser) -> None:
@@ -540,6 +541,7 @@ COMMANDS = {
     "analyze": (_analyze_arguments, _analyze_run, "layer similarity, gradient variance, norm drift (JSON + plots)"),
     "demo": (_demo_arguments, _demo_run, "the paper in miniature on the built-in tiny world (CPU, minutes)"),
     "compare": (_compare_arguments, _compare_run, "several methods / data types / ablations side by side, one report"),
+    "serve": (serve_cli.add_arguments, serve_cli.run, "an OpenAI-compatible server and chat page for a model and its adapters"),
 }
 
 
