@@ -101,7 +101,7 @@ class RequestBuilder:
 
         _refuse_unsupported(request)
         settings = self.settings
-        max_tokens = request.max_completion_tokens or request.max_tokens or settings.default_max_tokens
+        max_tokens = request.max_completion_tokens or request.max_tokens or settings.max_tokens_default
         if max_tokens > settings.max_tokens_limit:
             raise ServeError(f"max_tokens {max_tokens} is over this server's limit {settings.max_tokens_limit} "
                              "(--max-tokens-limit)", 400, "max_tokens")

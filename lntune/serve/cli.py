@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
                         help="how long a request waits for others to batch with (default 5)")
     parser.add_argument("--max-queue", type=int, default=256, help="waiting requests at most; more get 503 (default 256)")
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (1024)")
-    parser.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none (256)")
+    parser.add_argument("--default-max-tokens", type=int,
+                        help="max_tokens when a request gives none (default 256, or --max-tokens-limit if lower)")
     parser.add_argument("--max-prompt-tokens", type=int, help="longest prompt, image tokens included (default: the "
                         "model's context length minus max_tokens)")
     parser.add_argument("--max-images", type=int, default=1, help="images per request (default 1, as LLaVA-1.5 trains)")

@@ -25,8 +25,8 @@ class ServeSettings:
     """Requests waiting for a batch at most; one more is answered 503 (busy) rather than queued without bound."""
     max_tokens_limit: int = 1024
     """The largest `max_tokens` a request may ask for."""
-    default_max_tokens: int = 256
-    """`max_tokens` of a request that gives none."""
+    default_max_tokens: int | None = None
+    """`max_tokens` of a request that gives none; None: 256, or `max_tokens_limit` when that is lower."""
     max_prompt_tokens: int | None = None
     """The longest prompt (image tokens included); None: the model's context length minus `max_tokens`."""
     max_images: int = 1
@@ -40,11 +40,12 @@ class ServeSettings:
 
     def __post_init__(self):
         positive = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_tokens_limit": self.max_tokens_limit,
-                    "default_max_tokens": self.default_max_tokens, "max_images": self.max_images,
+                    "max_images": self.max_images,
                     "max_image_bytes": self.max_image_bytes, "max_image_pixels": self.max_image_pixels,
                     "max_body_bytes": self.max_body_bytes}
-        if self.max_prompt_tokens is not None:
-            positive["max_prompt_tokens"] = self.max_prompt_tokens
+        for name in ("max_prompt_tokens", "default_max_tokens"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
         for name, value in positive.items():
             if value < 1:
                 raise LntuneError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -52,11 +53,15 @@ class ServeSettings:
             raise LntuneError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
         if not 0 <= self.port <= 65535:
             raise LntuneError(f"--port must be in 0..65535, got {self.port}")
-        if self.default_max_tokens > self.max_tokens_limit:
+        if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
             raise LntuneError(f"--default-max-tokens {self.default_max_tokens} is over --max-tokens-limit "
                               f"{self.max_tokens_limit}")
         if self.api_key is not None and not self.api_key.strip():
             raise LntuneError("--api-key is empty; give a key or leave the option out")
+
+    @property
+    def max_tokens_default(self) -> int:
+        return self.default_max_tokens if self.default_max_tokens is not None else min(256, self.max_tokens_limit)
 
     @property
     def exposed(self) -> bool:
