@@ -37,6 +37,10 @@ class Batcher:
         self._thread.start()
 
     @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def waiting(self) -> int:
         with self._condition:
             return len(self._queue)

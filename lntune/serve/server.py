@@ -30,10 +30,20 @@ def serve_forever(service: ChatService, say=print) -> None:
     server = uvicorn.Server(_config(service, settings.host, settings.port, "info"))
     say(f"lntune serve: {service.adapters.base.name} with {len(service.adapters.adapters)} adapters; "
         f"chat page and API at http://{settings.host}:{settings.port}/ (Ctrl-C to stop)")
-    server.run()
-    if not server.started:
-        raise LntuneError(f"could not listen on {settings.host}:{settings.port} (see the line above: in use? choose "
-                          "another --port)")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the caller; stopping is the
+        # normal way to end a server, so it ends here with status 0.
+        if not server.started:
+            raise
+    except SystemExit:
+        if server.started:
+            raise
+        # uvicorn logs why it could not bind (address in use, no permission) and exits; say it in lntune's one line
+        raise LntuneError(f"could not listen on {settings.host}:{settings.port} (in use, or not an address of this "
+                          "machine?); choose another --port or --host") from None
+    say("lntune serve: stopped (every request in flight was answered)")
 
 
 @contextlib.contextmanager

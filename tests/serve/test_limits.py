@@ -150,6 +150,12 @@ def test_the_server_survives_bad_requests_and_a_failing_batch(server):
     assert http.get("/health").json()["status"] == "ok"
 
 
+def test_loading_adapters_at_run_time_needs_an_adapters_dir(server):
+    _, _, http = server
+    error = _error(http.post("/v1/adapters", json={"name": "x", "path": "/tmp"}), 403)
+    assert "--adapters-dir" in error["message"]
+
+
 def test_the_chat_page_is_served_and_needs_no_internet(server):
     url, _, _ = server
     page = httpx.get(url + "/", timeout=30)
