@@ -10,6 +10,8 @@ aspect ratio, as in evaluation.
 
 from __future__ import annotations
 
+import threading
+
 from lntune.errors import LntuneError
 from lntune.eval.generate import GenerationPrompts
 from lntune.serve.adapters import ServedModel
@@ -51,11 +53,16 @@ class RequestBuilder:
         self.context_length = context_length
         self.settings = settings
         self._prompts: dict[tuple[str, str | None], GenerationPrompts] = {}
+        self._tokenizer_lock = threading.Lock()
         self.image_token = getattr(processor, "image_token", "<image>")
 
     def prompts(self, served: ServedModel) -> GenerationPrompts:
         """The served model's GenerationPrompts (one per template and system prompt)."""
         key = (served.template, served.system)
+        with self._tokenizer_lock:
+            return self._prompts_for(key, served)
+
+    def _prompts_for(self, key, served: ServedModel) -> GenerationPrompts:
         if key not in self._prompts:
             try:
                 self._prompts[key] = GenerationPrompts(self.processor, self.image_seq_length, served.template,
@@ -123,7 +130,8 @@ class RequestBuilder:
         text, has_image = self._content(messages[-1], len(messages) - 1, images)
         prompts = self.prompts(served)
         try:
-            ids = prompts.ids(text, has_image, history)
+            with self._tokenizer_lock:  # a fast tokenizer may not be used from several threads at once
+                ids = prompts.ids(text, has_image, history)
         except LntuneError as error:
             raise ServeError(f"the conversation cannot be rendered with template {served.template!r}: {error}", 400,
                              "messages") from None

@@ -148,9 +148,15 @@ class Decoder:
         while True:
             stats.steps += 1
             chosen = []
+            greedy = logits.argmax(-1).tolist()  # one device sync for every greedy row of the step
+            sampled = None
             for position, i in enumerate(active):
                 state = running[i]
-                token = next_token(logits[position], state.sequence.sampling, state.generator)
+                if state.sequence.sampling.greedy:
+                    token = greedy[position]
+                else:
+                    sampled = logits.cpu() if sampled is None else sampled
+                    token = next_token(sampled[position], state.sequence.sampling, state.generator)
                 chosen.append(token)
                 self._take(state, token)
                 stats.tokens += token not in self.eos_ids

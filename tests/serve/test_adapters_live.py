@@ -116,7 +116,8 @@ def _stream_in_thread(url, body, first_chunk: threading.Event, result: dict):
                 choice = json.loads(line[6:])["choices"][0]
                 pieces.append(choice["delta"].get("content") or "")
                 finish = choice["finish_reason"] or finish
-                first_chunk.set()
+                if pieces[-1]:
+                    first_chunk.set()  # generation has started (the role chunk comes before the batch does)
         result.update(text="".join(pieces), finish=finish)
 
     thread = threading.Thread(target=run)

@@ -12,6 +12,7 @@ from lntune.serve.adapters import AdapterSet
 from lntune.serve.decoding import Decoder, Sequence, Sink
 from lntune.serve.sampling import SamplingParams
 from tests.helpers import make_image
+from tests.serve.helpers import model_alone
 
 QUESTIONS = ["what color is the square?", "describe the image.", "how many objects are there?", "is there a cat?"]
 
@@ -41,10 +42,15 @@ def serving(serve_model, adapter_dirs):
 
 
 def _alone(model_dir, adapter_dir):
-    model = load_model(model_dir)
-    if adapter_dir is not None:
-        model = load_adapter(model, adapter_dir, model_dir)
-    return model.eval()
+    return model_alone(model_dir, adapter_dir)
+
+
+@pytest.fixture(scope="module")
+def references(serving, serve_model, adapter_dirs):
+    """name -> the base, or the base with that one adapter put in by lntune.adapter.load_adapter."""
+    adapters, _, _ = serving
+    return {adapters.base.name: _alone(serve_model, None),
+            **{name: _alone(serve_model, folder) for name, folder in adapter_dirs.items()}}
 
 
 def _requests(processor, image_seq_length, names):
@@ -57,7 +63,7 @@ def _requests(processor, image_seq_length, names):
     return rows
 
 
-def test_mixed_batch_equals_each_adapter_alone(serving, serve_model, adapter_dirs):
+def test_mixed_batch_equals_each_adapter_alone(serving, references):
     adapters, decoder, processor = serving
     names = [adapters.base.name, "simple-a", "simple-b", "ln", "qv", "simple-a", "ln", adapters.base.name, "qv"]
     rows = _requests(processor, decoder.model.config.image_seq_length, names)
@@ -69,8 +75,7 @@ def test_mixed_batch_equals_each_adapter_alone(serving, serve_model, adapter_dir
     assert stats.sequences == len(rows) and all(sink.error is None for sink in sinks)
 
     for (name, ids, image), sink in zip(rows, sinks):
-        folder = None if name == adapters.base.name else adapter_dirs[name]
-        generator = AnswerGenerator(_alone(serve_model, folder), processor)  # `lntune eval`'s path, one question
+        generator = AnswerGenerator(references[name], processor)  # `lntune eval`'s path, one question at a time
         expected = generator.generate([ids], [None if image is None else _padded(processor, image)], 12)[0]
         reason, prompt_tokens, completion_tokens, text = sink.finish
         assert text.strip() == expected, name
@@ -83,7 +88,7 @@ def _padded(processor, image):
     return apply_aspect_ratio(processor, image, "pad")
 
 
-def test_mixed_forward_logits_equal_each_adapter_alone(serving, serve_model, adapter_dirs):
+def test_mixed_forward_logits_equal_each_adapter_alone(serving, references):
     """One prefill forward of a mixed batch (same prompt in every row: no padding) against each adapter's own model."""
     adapters, decoder, processor = serving
     names = ["simple-a", adapters.base.name, "ln", "simple-b", "qv", "simple-a"]
@@ -94,20 +99,19 @@ def test_mixed_forward_logits_equal_each_adapter_alone(serving, serve_model, ada
     with torch.no_grad(), adapters.selection.use(sequence_rows, image_rows):
         mixed = decoder.model(**batch).logits
     for row, name in enumerate(names):
-        folder = None if name == adapters.base.name else adapter_dirs[name]
         with torch.no_grad():
-            alone = _alone(serve_model, folder)(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
+            alone = references[name](input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
         torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-5)
     # and the adapters do differ from each other (so the equality above says something)
     assert not torch.allclose(mixed[0], mixed[1], atol=1e-3) and not torch.allclose(mixed[0], mixed[3], atol=1e-3)
 
 
-def test_base_rows_run_the_unwrapped_modules(serving, serve_model):
+def test_base_rows_run_the_unwrapped_modules(serving, references):
     adapters, decoder, processor = serving
     ids = GenerationPrompts(processor, decoder.model.config.image_seq_length).ids(QUESTIONS[1], False)
     with torch.no_grad():
         served = decoder.model(input_ids=torch.tensor([ids])).logits
-        alone = _alone(serve_model, None)(input_ids=torch.tensor([ids])).logits
+        alone = references[adapters.base.name](input_ids=torch.tensor([ids])).logits
     assert torch.equal(served, alone)
 
 
