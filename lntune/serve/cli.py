@@ -51,7 +51,21 @@ def _adapter_specs(specs: list[str]) -> dict[str, str]:
     return adapters
 
 
+def _require_server_packages() -> None:
+    from lntune.errors import LntuneError
+
+    missing = []
+    for package in ("fastapi", "uvicorn"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise LntuneError(f"lntune serve needs {' and '.join(missing)}: pip install 'lntune[serve]'")
+
+
 def run(args) -> int:
+    _require_server_packages()
     from lntune.serve.server import serve_forever
     from lntune.serve.service import ChatService, adapter_folder
     from lntune.serve.settings import ServeSettings

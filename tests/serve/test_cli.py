@@ -34,6 +34,12 @@ def test_argument_mistakes_are_one_line(serve_model, capsys, arguments, message)
     assert len(error) == 1 and error[0].startswith("lntune serve: error:") and message in error[0]
 
 
+def test_without_the_serve_extra_the_command_says_what_to_install(serve_model, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: importing it raises ImportError
+    assert main(["serve", "--model", str(serve_model)]) == 1
+    assert "needs uvicorn: pip install 'lntune[serve]'" in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_one_line(serve_model, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
