@@ -53,6 +53,8 @@ class Sequence:
     sink: Sink = field(default_factory=Sink)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
+    generated: list[int] = field(default_factory=list)
+    """The token ids generated (the end-of-sequence token not included), complete once the sink has its finish."""
 
     @property
     def images(self) -> int:
@@ -191,6 +193,7 @@ class Decoder:
             elif sequence.cancelled.is_set():
                 state.finish_reason = "cancelled"
         if state.finish_reason is not None:
+            sequence.generated = list(state.assembler.token_ids)
             rest = state.assembler.finish()
             if rest:
                 sequence.sink.on_text(rest)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def write_adapter(model_dir, out, method: str = "layernorm-simple", seed: int = 0, dtype: str = "auto"):
+def write_adapter(model_dir, out, method: str = "layernorm-simple", seed: int = 0, dtype: str = "auto",
+                  image_aspect_ratio: str | None = None, prompt: dict | None = None):
     """An adapter of `method` on `model_dir` whose tensors differ clearly from the base (norm gains scaled by
     1 + 0.5 noise, other tensors shifted by a tenth of their spread), saved with lntune.adapter.save_adapter."""
     from lntune.adapter import save_adapter
@@ -25,7 +26,8 @@ def write_adapter(model_dir, out, method: str = "layernorm-simple", seed: int = 
                     parameter.add_(0.1 * noise)
             else:
                 parameter.add_(0.1 * parameter.float().std().clamp(min=1e-3).to(parameter.dtype) * noise)
-    return save_adapter(model, out, model_dir, {"name": method}, "finetune")
+    return save_adapter(model, out, model_dir, {"name": method}, "finetune", image_aspect_ratio=image_aspect_ratio,
+                        prompt=prompt)
 
 
 def data_url(image, format: str = "PNG") -> str:

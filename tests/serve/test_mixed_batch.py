@@ -74,12 +74,27 @@ def test_mixed_batch_equals_each_adapter_alone(serving, references):
     stats = decoder.run(sequences)
     assert stats.sequences == len(rows) and all(sink.error is None for sink in sinks)
 
-    for (name, ids, image), sink in zip(rows, sinks):
+    for (name, ids, image), sink, sequence in zip(rows, sinks, sequences):
         generator = AnswerGenerator(references[name], processor)  # `lntune eval`'s path, one question at a time
-        expected = generator.generate([ids], [None if image is None else _padded(processor, image)], 12)[0]
+        picture = None if image is None else _padded(processor, image)
+        expected = generator.generate([ids], [picture], 12)[0]
         reason, prompt_tokens, completion_tokens, text = sink.finish
         assert text.strip() == expected, name
         assert "".join(sink.pieces) == text and prompt_tokens == len(ids)
+        assert sequence.generated == _generated_ids(generator, ids, picture, 12), name  # the very same tokens
+        assert completion_tokens == len(sequence.generated)
+
+
+def _generated_ids(generator, ids, picture, max_new_tokens):
+    """transformers' greedy generate on one prompt: the new ids up to (without) the end-of-sequence token."""
+    inputs = generator.inputs([ids], [picture])
+    with torch.no_grad():
+        output = generator.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                          temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=generator.tokenizer.pad_token_id)
+    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = generator.model.generation_config.eos_token_id
+    return new[:new.index(eos)] if eos in new else new
 
 
 def _padded(processor, image):
@@ -139,6 +154,16 @@ def test_other_families_mix_too(built_model, tmp_path, family):
         with torch.no_grad():
             alone = _alone(model_dir, folder)(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
         torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-5)
+    # decoding with the KV cache (Gemma2: sliding-window layers; rows leave the batch as they end)
+    decoder = Decoder(model, processor.tokenizer, adapters)
+    rows = _requests(processor, model.config.image_seq_length, names)
+    sequences = [Sequence(ids, None if image is None else pixel_values(processor, image, "pad")[None], name, 10,
+                          SamplingParams(temperature=0.0), sink=Collect()) for name, ids, image in rows]
+    decoder.run(sequences)
+    for (name, ids, image), sequence in zip(rows, sequences):
+        generator = AnswerGenerator(_alone(model_dir, folders.get(name)), processor)
+        picture = None if image is None else _padded(processor, image)
+        assert sequence.generated == _generated_ids(generator, ids, picture, 10), (family, name)
 
 
 def test_bf16_mixed_forward_within_bf16_rounding(serve_model, adapter_dirs):
