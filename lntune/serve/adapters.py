@@ -90,6 +90,7 @@ class AdapterSet:
         self.model = model
         self.model_dir = Path(model_dir)
         self.lock = threading.RLock()
+        self._registry_lock = threading.Lock()
         self.selection = RowSelection()
         parts = locate_parts(model)
         self._vision_path = _module_path(model, parts.vision_encoder)
@@ -125,7 +126,7 @@ class AdapterSet:
     # ---- lookup -----------------------------------------------------------------------------------------
 
     def served(self) -> list[ServedModel]:
-        with self.lock:
+        with self._registry_lock:  # not the model lock: listing never waits for a running batch
             return [self.base, *self.adapters.values()]
 
     def get(self, name: str) -> ServedModel:
@@ -186,7 +187,8 @@ class AdapterSet:
                 parameters=sum(t.numel() for t in tensors.values()),
                 size_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
                 template=template, system=system, image_aspect_ratio=aspect_ratio or self.base.image_aspect_ratio)
-            self.adapters[name] = served
+            with self._registry_lock:
+                self.adapters[name] = served
             return served
 
     def unload(self, name: str) -> ServedModel:
@@ -198,7 +200,8 @@ class AdapterSet:
                 banked.set_row(served.row, None, None)
             for grouped in self.grouped.values():
                 grouped.overrides.pop(served.row, None)
-            del self.adapters[name]
+            with self._registry_lock:
+                del self.adapters[name]
             self._free_rows.append(served.row)
             return served
 

@@ -155,6 +155,15 @@ class RequestBuilder:
         if images:
             import torch
 
+            if served.image_aspect_ratio == "pad":  # pasted on a square of its longer side before resizing
+                for image in images:
+                    side = max(image.size)
+                    if side * side > settings.max_image_pixels:
+                        raise ServeError(f"an image of {image.size[0]}x{image.size[1]} is padded to a {side}x{side} "
+                                         f"square for this model, over the {settings.max_image_pixels:,}-pixel guard "
+                                         "(--max-image-pixels); crop it closer to a square", 413, "messages",
+                                         "image_too_large")
+
             pixels = torch.stack([pixel_values(self.processor, image, served.image_aspect_ratio) for image in images])
         temperature = OPENAI_DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
         sampling = SamplingParams(temperature=temperature, top_p=1.0 if request.top_p is None else request.top_p,

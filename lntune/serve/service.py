@@ -54,14 +54,15 @@ class ChatService:
         model = load_model(self.model_dir, dtype=dtype).to(device).eval()
         processor = load_processor(self.model_dir)
         self.adapters = AdapterSet(model, self.model_dir)
-        for name, folder in {**found, **(adapters or {})}.items():
-            try:
-                self.adapters.load(name, folder)
-            except ServeError as error:
-                raise LntuneError(f"adapter {name} ({folder}): {error}") from None
         text_config = model.config.get_text_config(decoder=True)
         context = getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.requests = RequestBuilder(processor, model.config.image_seq_length, context, self.settings)
+        self._check_prompts(self.adapters.base)
+        for name, folder in {**found, **(adapters or {})}.items():
+            try:
+                self._check_prompts(self.adapters.load(name, folder))
+            except ServeError as error:
+                raise LntuneError(f"adapter {name} ({folder}): {error}") from None
         self.decoder = Decoder(model, processor.tokenizer, self.adapters)
         self.batcher = Batcher(self.decoder, self.settings.max_batch, self.settings.batch_wait_ms,
                                self.settings.max_queue, say=say)
@@ -89,4 +90,15 @@ class ChatService:
         if folder is None:
             raise ServeError(f"{path!r} inside --adapters-dir is not an adapter folder (no {MANIFEST}, nor "
                              f"adapter/{MANIFEST})", 404 if not resolved.exists() else 400, "path", "adapter_not_found")
-        return self.adapters.load(name, folder)
+        return self._check_prompts(self.adapters.load(name, folder))
+
+    def _check_prompts(self, served: ServedModel) -> ServedModel:
+        """The served model's recorded template and system prompt must make a prompt builder: found at loading,
+        not at its first request (an adapter that cannot be asked anything is unloaded again)."""
+        try:
+            self.requests.prompts(served)
+        except ServeError:
+            if served.kind == "adapter":
+                self.adapters.unload(served.name)
+            raise
+        return served

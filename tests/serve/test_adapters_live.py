@@ -83,6 +83,8 @@ def test_refused_loads(server, adapters_dir, adapter_dirs, serve_model, tmp_path
     manifest["base_fingerprint"] = "0" * 32
     (foreign / "adapter.json").write_text(json.dumps(manifest))
     write_adapter(serve_model, adapters_dir / "lora", method="lora", seed=5)
+    write_adapter(serve_model, adapters_dir / "plain-with-system", seed=6,
+                  prompt={"template": "plain", "system": "Be brief.", "image_placement": "front"})
     (adapters_dir / "empty").mkdir()
     outside = tmp_path / "outside"
     shutil.copytree(adapter_dirs["simple-a"], outside)
@@ -90,6 +92,7 @@ def test_refused_loads(server, adapters_dir, adapter_dirs, serve_model, tmp_path
         ({"name": "x", "path": "foreign"}, 409, "trained on another base model"),
         ({"name": "x", "path": "lora"}, 400, "LoRA adapter"),
         ({"name": "x", "path": "empty"}, 400, "not an adapter folder"),
+        ({"name": "x", "path": "plain-with-system"}, 400, "template 'plain' has none"),
         ({"name": "x", "path": "missing"}, 404, "not an adapter folder"),
         ({"name": "x", "path": str(outside)}, 403, "outside --adapters-dir"),
         ({"name": "x", "path": "../outside"}, 403, "outside --adapters-dir"),
@@ -176,3 +179,11 @@ def test_graceful_shutdown_finishes_the_request_in_flight(serve_model, adapter_d
     assert not service.batcher.running  # the decoder thread ended after the last request
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health", timeout=5)
+
+
+def test_listing_models_does_not_wait_for_a_running_batch(server):
+    http, service = server
+    with service.adapters.lock:  # as the decoder holds it for a whole batch
+        started = time.monotonic()
+        listed = http.get("/v1/models", timeout=10).json()["data"]
+        assert "simple-b" in {entry["id"] for entry in listed} and time.monotonic() - started < 10

@@ -59,6 +59,8 @@ BAD_REQUESTS = {
                      400, "bad_image", "cannot read the image"),
     "too many pixels": (lambda: _ask([_image_part(data_url(Image.new("RGB", (400, 400))))]), 413, "image_too_large",
                         "400x400 = 160,000 pixels, over the 100,000-pixel guard"),
+    "padded square over the guard": (lambda: _ask([_image_part(data_url(Image.new("RGB", (20, 400))))]), 413,
+                                     "image_too_large", "padded to a 400x400 square"),
     "too many image bytes": (lambda: _ask([_image_part(data_url(make_image(0, size=(250, 300))))]), 413,
                              "image_too_large", "over the 200,000-byte limit"),
     "too many images": (lambda: {"model": "ln", "max_tokens": 4, "messages": [
