@@ -33,18 +33,19 @@ class TextAssembler:
         """Take one generated token; return the newly releasable text ('' if none). Sets `stopped` at a stop string."""
         self.token_ids.append(token_id)
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True).lstrip()
+        # A trailing U+FFFD is a character whose bytes have not all arrived: not final, so not searched nor sent.
+        settled = len(text)
+        while settled > self.sent and text[settled - 1] == "\ufffd":
+            settled -= 1
         for stop in self.stop:
-            at = text.find(stop)
+            at = text.find(stop, 0, settled)
             if at != -1:
-                text = text[:at]
+                text, settled = text[:at], at
                 self.stopped = True
         self.text = text
         if self.stopped:
             return self._release(len(text))
-        end = len(text) - self._held_back(text)
-        while end > self.sent and text[end - 1] == "\ufffd":
-            end -= 1
-        return self._release(end)
+        return self._release(settled - self._held_back(text[:settled]))
 
     def finish(self) -> str:
         """The rest of the text (the held-back tail is final once the sequence has ended)."""
