@@ -1,7 +1,8 @@
 """AdapterSet: one copy of the base model serving the base and every loaded adapter, mixed in one batch.
 
 At start every norm of the language model (block norms and the final norm) is wrapped in a BankedNorm; loading an
-adapter writes its norm tensors into a free row of the banks. Tensors of other modules (connector, embeddings, output
+adapter writes its norm tensors into a free row of the banks. A norm whose formula lntune does not know (see
+norm_bank.py) is left as it is and served like the modules below: slower, equally exact. Tensors of other modules (connector, embeddings, output
 head, the linear layers `attn-qv` / `attn-mlp` / `full` train) become overrides of a GroupedModule wrapped around the
 module that owns them; images are the rows of connector modules, sequences the rows of all others. Adapters that
 would change the vision encoder (no lntune method trains it) and LoRA adapters (PEFT wraps the model; serve the merged
@@ -25,6 +26,7 @@ from torch import nn
 
 from lntune.adapter import TENSORS, check_adapter, fingerprint
 from lntune.data.images import recorded_aspect_ratio
+from lntune.errors import LntuneError
 from lntune.files import REBUILD, RETRAIN, load_safetensors, read_json_object
 from lntune.model.parts import is_norm, locate_parts
 from lntune.serve.errors import ServeError
@@ -105,9 +107,17 @@ class AdapterSet:
         self._parameters = dict(model.named_parameters(remove_duplicate=False))
         language_path = _module_path(model, parts.language_model)
         self.norms: dict[str, BankedNorm] = {}
+        self.unbanked_norms: dict[str, str] = {}
+        """path -> class of each norm not banked (a formula lntune does not know): its adapters' rows run grouped."""
         for path, module in modules.items():
-            if _under(path, language_path) and is_norm(module):
+            if not (_under(path, language_path) and is_norm(module)):
+                continue
+            if not isinstance(getattr(module, "weight", None), nn.Parameter):
+                continue  # no affine weight: nothing an adapter could change
+            try:
                 self.norms[path] = BankedNorm(module, find_formula(module, path), self.selection)
+            except LntuneError:
+                self.unbanked_norms[path] = type(module).__name__
         for path, banked in self.norms.items():
             self._replace(path, banked)
         self.grouped: dict[str, GroupedModule] = {}

@@ -85,7 +85,7 @@ def find_formula(module: nn.Module, where: str) -> str:
             if torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
                 return name
     raise LntuneError(f"norm {where} ({type(module).__name__}) computes none of the formulas lntune serve can bank "
-                      f"({', '.join(FORMULAS)}); adapters of this model family cannot be served mixed")
+                      f"({', '.join(FORMULAS)})")
 
 
 class BankedNorm(nn.Module):

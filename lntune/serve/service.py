@@ -54,6 +54,10 @@ class ChatService:
         model = load_model(self.model_dir, dtype=dtype).to(device).eval()
         processor = load_processor(self.model_dir)
         self.adapters = AdapterSet(model, self.model_dir)
+        if self.adapters.unbanked_norms:
+            classes = sorted(set(self.adapters.unbanked_norms.values()))
+            say(f"lntune serve: {len(self.adapters.unbanked_norms)} norms ({', '.join(classes)}) compute a formula "
+                "lntune does not bank; adapters changing them are served with their rows grouped per adapter")
         text_config = model.config.get_text_config(decoder=True)
         context = getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.requests = RequestBuilder(processor, model.config.image_seq_length, context, self.settings)

@@ -185,3 +185,30 @@ def test_bf16_mixed_forward_within_bf16_rounding(serve_model, adapter_dirs):
         with torch.no_grad():
             expected = alone.eval()(input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0].float()
         torch.testing.assert_close(mixed[row], expected, rtol=2e-2, atol=2e-2)
+
+
+def test_norms_of_an_unknown_formula_are_served_grouped_and_still_exact(serve_model, adapter_dirs, references,
+                                                                         monkeypatch):
+    import lntune.serve.adapters as adapters_module
+    from lntune.errors import LntuneError
+
+    def unknown(module, where):
+        raise LntuneError(f"norm {where} computes none of the formulas")
+
+    monkeypatch.setattr(adapters_module, "find_formula", unknown)
+    model = load_model(serve_model).eval()
+    adapters = AdapterSet(model, serve_model)
+    assert not adapters.norms and len(adapters.unbanked_norms) == 5  # two per block, two blocks, the final norm
+    for name in ("simple-a", "simple-b", "ln"):
+        adapters.load(name, adapter_dirs[name])
+    processor = load_processor(serve_model)
+    names = ["simple-a", adapters.base.name, "ln", "simple-b"]
+    ids = GenerationPrompts(processor, model.config.image_seq_length).ids(QUESTIONS[3], True)
+    pixels = pixel_values(processor, make_image(5), "pad")[None]
+    batch = {"input_ids": torch.tensor([ids] * len(names)), "pixel_values": pixels.repeat(len(names), 1, 1, 1)}
+    with torch.no_grad(), adapters.selection.use(*adapters.rows(names, [1] * len(names))):
+        mixed = model(**batch).logits
+    for row, name in enumerate(names):
+        with torch.no_grad():
+            alone = references[name](input_ids=batch["input_ids"][:1], pixel_values=pixels).logits[0]
+        torch.testing.assert_close(mixed[row], alone, rtol=1e-5, atol=1e-5)

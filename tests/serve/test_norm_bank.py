@@ -70,7 +70,7 @@ def test_a_norm_no_formula_matches_is_refused_by_name():
         def forward(self, x):
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (2 + self.weight)
 
-    with pytest.raises(LntuneError, match="OffsetRMSNorm.*none of the formulas"):
+    with pytest.raises(LntuneError, match="OffsetRMSNorm.*none of the formulas lntune serve can bank"):
         find_formula(OffsetRMSNorm(), "layers.0.norm")
 
 
