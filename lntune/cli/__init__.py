@@ -17,7 +17,7 @@ import sys
 import warnings
 
 from lntune import __version__
-from lntune.cli import analysis, data, demo, evaluate, model, study, train
+from lntune.cli import analysis, data, demo, evaluate, model, serve, study, train
 from lntune.cli.command import Command, add_debug_flag
 
 COMMANDS: dict[str, Command] = {
@@ -31,8 +31,8 @@ COMMANDS: dict[str, Command] = {
     "score": evaluate.SCORE,
     "report": evaluate.REPORT,
     "chat": evaluate.CHAT,
-    # A new command group: a module here defining NAME = Command(arguments, run, help), and one line below, e.g.
-    # "serve": serve.SERVE,
+    # A new command group: a module here defining NAME = Command(arguments, run, help), and one line below.
+    "serve": serve.SERVE,
     "analyze": analysis.ANALYZE,
     "demo": demo.DEMO,
     "compare": study.COMPARE,
