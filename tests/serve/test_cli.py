@@ -1,6 +1,5 @@
 """`lntune serve` as a user runs it: a real process, Ctrl-C to stop; mistakes in its arguments are one line."""
 
-import json
 import os
 import signal
 import socket
