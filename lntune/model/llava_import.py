@@ -24,7 +24,7 @@ from lntune import __version__
 from lntune.errors import LntuneError
 from lntune.files import staged_directory
 from lntune.model.build import (
-    BUILD_INFO_FILE, IMAGE_TOKEN, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
+    BUILD_INFO_FILE, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
     check_output, make_processor,
 )
 from lntune.model.compose import compose_llava_config
@@ -35,6 +35,7 @@ from lntune.model.llava_format import (
 )
 from lntune.model.load import load_llava_config, load_model, load_processor, model_class_for, torch_dtype
 from lntune.model.sources import config_json_path, load_vision_config, read_config_dict, require_weights
+from lntune.prompt import IMAGE_TOKEN
 
 IMPORT_INFO_FILE = "lntune_import.json"
 
