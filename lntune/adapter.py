@@ -22,9 +22,11 @@ from lntune.files import (
     safetensors_header, staged_directory,
 )
 
+# An adapter folder's files; every other module (checkpoints, import, analysis, evaluation) takes the names from here.
 MANIFEST = "adapter.json"
-TENSORS = "trainable.safetensors"
-PEFT_CONFIG = "adapter_config.json"
+TRAINABLE_FILE = "trainable.safetensors"
+"""The trained tensors by their names in the Llava model (a checkpoint holds its copy under the same name)."""
+PEFT_CONFIG = "adapter_config.json"  # PEFT's own names (peft.utils.CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
 PEFT_TENSORS = "adapter_model.safetensors"
 _SAMPLE_BYTES = 256
 
@@ -126,7 +128,7 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         if is_lora:
             # PEFT's own files (adapter_config.json + adapter_model.safetensors) from the LoRA tensors.
             model.save_pretrained(str(staging), state_dict={k: v for k, v in tensors.items() if k in lora_names})
-        save_file(plain, str(staging / TENSORS), metadata={"format": "pt"})
+        save_file(plain, str(staging / TRAINABLE_FILE), metadata={"format": "pt"})
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -154,7 +156,7 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     for LoRA, PEFT's files. Returns the manifest."""
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
-    check_safetensors(adapter_dir / TENSORS, RETRAIN)
+    check_safetensors(adapter_dir / TRAINABLE_FILE, RETRAIN)
     if manifest["lora"]:
         for name in (PEFT_CONFIG, PEFT_TENSORS):
             if not (adapter_dir / name).is_file():
@@ -174,7 +176,7 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
             f"adapter {adapter_dir} was trained on another base model (fingerprint {manifest['base_fingerprint']}, "
             f"from {manifest['base_model']}); {base_dir} has fingerprint {actual}. Load it on the model it was trained from."
         )
-    tensors = load_safetensors(adapter_dir / TENSORS, RETRAIN)
+    tensors = load_safetensors(adapter_dir / TRAINABLE_FILE, RETRAIN)
     if manifest["lora"]:
         from peft import PeftModel
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lntune import __version__
+from lntune.adapter import PEFT_CONFIG
 from lntune.errors import LntuneError
 from lntune.files import staged_directory
 from lntune.model.build import (
@@ -155,7 +156,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
     settings = read_llava_settings(data, config_file)
     if settings.vision_layer is None:
         raise LntuneError(f"{config_file} has no mm_vision_select_layer: is it a LLaVA model's config.json?")
-    if (checkpoint_dir / "adapter_config.json").is_file():
+    if (checkpoint_dir / PEFT_CONFIG).is_file():
         raise LntuneError(f"{checkpoint_dir} is a LoRA run's output; merge it first "
                           "(LLaVA's scripts/merge_lora_weights.py), then import the merged directory")
     tensors = read_checkpoint_tensors(checkpoint_dir)
