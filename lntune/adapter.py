@@ -194,22 +194,31 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
     return model
 
 
+def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path | None = None, dtype: str = "auto"):
+    """The model of `model_dir` (lntune.model.load.load_model) with the adapter's tensors in it, LoRA merged into the
+    weights: a plain Llava model, as `lntune merge` would have written it. No adapter: the model alone."""
+    from lntune.model.load import load_model
+
+    model = load_model(model_dir, dtype=dtype)
+    if adapter_dir is None:
+        return model
+    model = load_adapter(model, adapter_dir, model_dir)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # PEFT-wrapped: LoRA
+
+
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
     """A full model directory: base + adapter, LoRA merged into the weights. The adapter's image aspect ratio
     goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key) and its prompt settings as
     `lntune_prompt`, where evaluation finds them."""
-    from lntune.model.load import check_model_dir, load_model, load_processor
+    from lntune.model.load import check_model_dir, load_processor
 
     out = Path(out)
     check_out_apart(out, {"base model": base_dir, "adapter": adapter_dir})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LntuneError(f"output {out} already exists and is not empty; choose another --out")
     check_model_dir(base_dir)  # every input checked before the slow part
-    check_adapter(adapter_dir)
-    model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    manifest = read_manifest(adapter_dir)
+    manifest = check_adapter(adapter_dir)
+    model = load_with_adapter(base_dir, adapter_dir)
     if manifest.get("image_aspect_ratio") is not None:
         model.config.image_aspect_ratio = manifest["image_aspect_ratio"]
     if manifest.get("prompt") is not None:
