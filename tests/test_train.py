@@ -527,9 +527,11 @@ def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mod
 
 
 def test_deepspeed_logs_stay_off_stdout():
-    """DeepSpeed logs to stdout (and warns on import on a CPU machine); lntune's stdout carries result tables."""
+    """DeepSpeed logs to stdout (and warns on import on a CPU machine); the CLI's stdout carries result tables."""
     pytest.importorskip("deepspeed")
-    done = subprocess.run([sys.executable, "-c", "import lntune, deepspeed; deepspeed.utils.logger.warning('w')"],
+    from tests.faults.helpers import AFTER_MAIN
+
+    done = subprocess.run([sys.executable, "-c", AFTER_MAIN + "import deepspeed; deepspeed.utils.logger.warning('w')"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "" and "[DeepSpeed WARNING] w" in done.stderr
