@@ -246,16 +246,6 @@ def os_error_message(error: BaseException, out: str | Path | None = None) -> str
     return f"{what.format(target)} ({remedy})"
 
 
-def torch_save(obj, path: str | Path) -> None:
-    """torch.save through a Python file object: a failed write then carries the OS's error (errno ENOSPC, EROFS)
-    as the cause of torch's RuntimeError, which `os_error_message` finds; torch.save(obj, path_string) loses it
-    ("unexpected pos 576 vs 534")."""
-    import torch
-
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
 # ---- writing directories atomically ---------------------------------------------------------------
 
 def _process_alive(pid: int) -> bool:
