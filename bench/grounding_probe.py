@@ -35,9 +35,9 @@ def probe_llm(model_dir: str, scenes: int = 100) -> dict:
     """The text LLM answering questions and writing captions about scenes described in its prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lntune.data.chat import PromptBuilder
     from lntune.demo.files import SCENE_PROMPT
     from lntune.demo.world import COLORS, SHAPES, caption, describe, make_scene, short_questions
+    from lntune.prompt import PromptBuilder
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

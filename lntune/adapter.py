@@ -22,9 +22,11 @@ from lntune.files import (
     safetensors_header, staged_directory,
 )
 
+# An adapter folder's files; every other module (checkpoints, import, analysis, evaluation) takes the names from here.
 MANIFEST = "adapter.json"
-TENSORS = "trainable.safetensors"
-PEFT_CONFIG = "adapter_config.json"
+TRAINABLE_FILE = "trainable.safetensors"
+"""The trained tensors by their names in the Llava model (a checkpoint holds its copy under the same name)."""
+PEFT_CONFIG = "adapter_config.json"  # PEFT's own names (peft.utils.CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
 PEFT_TENSORS = "adapter_model.safetensors"
 _SAMPLE_BYTES = 256
 
@@ -81,20 +83,18 @@ def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
     return _HEADER_DTYPES[max(elements, key=elements.get)] if elements else None
 
 
-def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
-                 base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None,
-                 image_aspect_ratio: str | None = None, prompt: dict | None = None) -> Path:
-    """Write `model`'s trained tensors (or the given full copies, as gathered from shards) as an adapter.
+def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str, base_fingerprint: str,
+                 tensors: dict[str, torch.Tensor], image_aspect_ratio: str | None = None,
+                 prompt: dict | None = None) -> Path:
+    """Write `tensors`, full copies of `model`'s trained tensors (as the training backend gathered them from shards or
+    replicas), as an adapter of the base `base_dir`, whose fingerprint the run took when it started.
     `image_aspect_ratio` (pad / crop, as training resolved it) and `prompt` (template, system, image placement) are
     recorded so that evaluation and chat show the model what training did."""
     from safetensors.torch import save_file
 
-    from lntune.train.distributed import gather_trainable
-
-    out = Path(out)
     from lntune.methods.lora import lora_parameters
 
-    tensors = tensors if tensors is not None else gather_trainable(model)
+    out = Path(out)
     # Trained in fp32, stored like the base (a bf16/fp16 base's adapter is half the size). Nothing is lost for use:
     # loading the adapter or merging it casts to the base's dtype anyway; resuming reads the fp32 checkpoints.
     stored = stored_float_dtype(base_dir)
@@ -114,7 +114,7 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         "method": method,
         "lora": is_lora,
         "base_model": str(Path(base_dir).resolve()),
-        "base_fingerprint": base_fingerprint or fingerprint(base_dir),
+        "base_fingerprint": base_fingerprint,
         "tensors": {name: list(tensor.shape) for name, tensor in plain.items()},
     }
     if image_aspect_ratio is not None:
@@ -126,7 +126,7 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         if is_lora:
             # PEFT's own files (adapter_config.json + adapter_model.safetensors) from the LoRA tensors.
             model.save_pretrained(str(staging), state_dict={k: v for k, v in tensors.items() if k in lora_names})
-        save_file(plain, str(staging / TENSORS), metadata={"format": "pt"})
+        save_file(plain, str(staging / TRAINABLE_FILE), metadata={"format": "pt"})
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -154,7 +154,7 @@ def check_adapter(adapter_dir: str | Path) -> dict:
     for LoRA, PEFT's files. Returns the manifest."""
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
-    check_safetensors(adapter_dir / TENSORS, RETRAIN)
+    check_safetensors(adapter_dir / TRAINABLE_FILE, RETRAIN)
     if manifest["lora"]:
         for name in (PEFT_CONFIG, PEFT_TENSORS):
             if not (adapter_dir / name).is_file():
@@ -174,7 +174,7 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
             f"adapter {adapter_dir} was trained on another base model (fingerprint {manifest['base_fingerprint']}, "
             f"from {manifest['base_model']}); {base_dir} has fingerprint {actual}. Load it on the model it was trained from."
         )
-    tensors = load_safetensors(adapter_dir / TENSORS, RETRAIN)
+    tensors = load_safetensors(adapter_dir / TRAINABLE_FILE, RETRAIN)
     if manifest["lora"]:
         from peft import PeftModel
 
@@ -192,22 +192,31 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
     return model
 
 
+def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path | None = None, dtype: str = "auto"):
+    """The model of `model_dir` (lntune.model.load.load_model) with the adapter's tensors in it, LoRA merged into the
+    weights: a plain Llava model, as `lntune merge` would have written it. No adapter: the model alone."""
+    from lntune.model.load import load_model
+
+    model = load_model(model_dir, dtype=dtype)
+    if adapter_dir is None:
+        return model
+    model = load_adapter(model, adapter_dir, model_dir)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # PEFT-wrapped: LoRA
+
+
 def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out: str | Path, say=print) -> Path:
     """A full model directory: base + adapter, LoRA merged into the weights. The adapter's image aspect ratio
     goes into the merged config.json as `image_aspect_ratio` (LLaVA's config key) and its prompt settings as
     `lntune_prompt`, where evaluation finds them."""
-    from lntune.model.load import check_model_dir, load_model, load_processor
+    from lntune.model.load import check_model_dir, load_processor
 
     out = Path(out)
     check_out_apart(out, {"base model": base_dir, "adapter": adapter_dir})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LntuneError(f"output {out} already exists and is not empty; choose another --out")
     check_model_dir(base_dir)  # every input checked before the slow part
-    check_adapter(adapter_dir)
-    model = load_adapter(load_model(base_dir), adapter_dir, base_dir)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    manifest = read_manifest(adapter_dir)
+    manifest = check_adapter(adapter_dir)
+    model = load_with_adapter(base_dir, adapter_dir)
     if manifest.get("image_aspect_ratio") is not None:
         model.config.image_aspect_ratio = manifest["image_aspect_ratio"]
     if manifest.get("prompt") is not None:

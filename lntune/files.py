@@ -134,12 +134,11 @@ def load_safetensors(path: str | Path, remedy: str = RECOPY) -> dict:
         raise LntuneError(f"{path} is truncated or corrupt ({_safetensors_problem(error)}); {remedy}") from None
 
 
-# The JSON files transformers and PEFT read from a model or adapter directory (other JSON files are not checked:
-# a stray broken file that nothing reads must not stop a command).
+# The JSON files transformers reads from a model directory (other JSON files are not checked: a stray broken file
+# that nothing reads must not stop a command); check_model_files adds PEFT's adapter config, which it reads too.
 MODEL_JSON_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "vocab.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
-    "adapter_config.json",
 )
 
 
@@ -149,7 +148,9 @@ def check_model_files(model_dir: str | Path, remedy: str = RECOPY) -> None:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return  # a config.json given directly: the callers check what they read
-    json_files = [model_dir / name for name in MODEL_JSON_FILES if (model_dir / name).exists()]
+    from lntune.adapter import PEFT_CONFIG  # named in adapter.py, which imports this module
+
+    json_files = [model_dir / name for name in MODEL_JSON_FILES + (PEFT_CONFIG,) if (model_dir / name).exists()]
     for path in json_files + sorted(model_dir.glob("*.safetensors.index.json")):
         data = read_json(path, remedy)
         if path.name.endswith(".safetensors.index.json"):
@@ -243,16 +244,6 @@ def os_error_message(error: BaseException, out: str | Path | None = None) -> str
     what, remedy = OS_PROBLEMS[code]
     target = filename or (str(out) if out is not None else "the output")
     return f"{what.format(target)} ({remedy})"
-
-
-def torch_save(obj, path: str | Path) -> None:
-    """torch.save through a Python file object: a failed write then carries the OS's error (errno ENOSPC, EROFS)
-    as the cause of torch's RuntimeError, which `os_error_message` finds; torch.save(obj, path_string) loses it
-    ("unexpected pos 576 vs 534")."""
-    import torch
-
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
 
 
 # ---- writing directories atomically ---------------------------------------------------------------

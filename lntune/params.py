@@ -123,13 +123,6 @@ def count_parameters(model: nn.Module, method: str | None = None) -> ParamReport
     )
 
 
-def human(count: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f}{unit}"
-    return str(count)
-
-
 def percent_text(value: float) -> str:
     if value == 0:
         return "0%"

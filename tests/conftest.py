@@ -16,6 +16,12 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+from lntune.cli import deepspeed_logs_to_stderr  # noqa: E402
+
+# What lntune.cli.main does first: tests run the library in-process beside main(), and fixtures may import DeepSpeed
+# (through Accelerate) before any main() call, so the routing is set before anything else, as the CLI sets it.
+deepspeed_logs_to_stderr()
+
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
 
 

@@ -18,9 +18,16 @@ def test_yaml_and_overrides(tmp_path):
     assert config_to_dict(config)["lora_target_modules"] == ["q_proj", "v_proj"]
 
 
-def test_configs_are_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        MethodConfig().name = "full"
+def test_configs_are_checked_once_and_stay_checked():
+    """Validation runs when a config is made: every config class is frozen, so a checked value cannot be changed
+    afterwards, and dataclasses.replace (how lntune derives one config from another) checks the new values again."""
+    import lntune.config
+
+    classes = [value for value in vars(lntune.config).values()
+               if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == "lntune.config"]
+    assert len(classes) >= 6 and all(cls.__dataclass_params__.frozen for cls in classes)
+    with pytest.raises(LntuneError, match="lora_dropout"):
+        dataclasses.replace(MethodConfig(), lora_dropout=1.5)
 
 
 def test_unknown_key_lists_valid_keys():

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from lntune.config import DataConfig, DataSource
-from lntune.data.chat import IGNORE_INDEX, TEMPLATES, PromptBuilder
 from lntune.data.dataset import SupervisedDataset, collate
 from lntune.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, to_rgb
 from lntune.data.mixture import build_mixture, parse_data_spec
 from lntune.data.records import RecordFile
 from lntune.errors import LntuneError
 from lntune.model.load import load_llava_config, load_processor
+from lntune.prompt import IGNORE_INDEX, TEMPLATES, PromptBuilder
 from tests.helpers import shifted_offsets, write_llava_data
 
 GOOD = {"id": "a", "image": "x.png", "conversations": [

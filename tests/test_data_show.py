@@ -6,12 +6,12 @@ import pytest
 
 from lntune.cli import main
 from lntune.config import DataConfig, DataSource
-from lntune.data.chat import IGNORE_INDEX
 from lntune.data.dataset import SupervisedDataset
 from lntune.data.mixture import build_mixture
 from lntune.eval.benchmarks import get_benchmark
 from lntune.eval.runner import load_generator
 from lntune.model.load import load_llava_config, load_processor
+from lntune.prompt import IGNORE_INDEX
 from tests.eval.fixtures import write_pope
 from tests.helpers import write_llava_data
 

@@ -9,8 +9,8 @@ import pytest
 
 from tests.helpers import sentencepiece_tokenizer, write_llava_data
 from lntune.config import DataConfig, DataSource
-from lntune.data.chat import IGNORE_INDEX, LLAMA_2_SYSTEM, VICUNA_SYSTEM, PromptBuilder, place_image_first
 from lntune.errors import LntuneError
+from lntune.prompt import IGNORE_INDEX, LLAMA_2_SYSTEM, VICUNA_SYSTEM, PromptBuilder, place_image_first
 
 S_V = VICUNA_SYSTEM
 S_L = LLAMA_2_SYSTEM

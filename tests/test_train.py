@@ -55,7 +55,9 @@ def test_layernorm_run_writes_everything(built_model, data, tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(m["loss"] > 0 and m["tokens_per_second"] > 0 and m["memory_mb"] > 0 for m in metrics)
-    assert metrics[0]["lr"] < metrics[1]["lr"] or metrics[0]["lr"] == pytest.approx(1e-3)  # warmup then cosine
+    # warmup then cosine: warmup_ratio 0.03 of 4 steps is 1 warmup step (at lr 0), then layernorm's 1e-3 decays
+    # over the 3 steps left: 1e-3 * (1 + cos(pi * k / 3)) / 2 for k = 0, 1, 2
+    assert [m["lr"] for m in metrics] == pytest.approx([0.0, 1e-3, 7.5e-4, 2.5e-4], rel=1e-6, abs=1e-12)
     gradients = [json.loads(line) for line in (run / "grad_stats.jsonl").read_text().splitlines()]
     assert len(gradients) == 4 and len(gradients[0]["block_norm_grad_norms"]) == 2
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
@@ -167,10 +169,30 @@ def test_gradient_checkpointing_gives_the_same_weights(built_model, data, tmp_pa
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-def test_bf16_mixed_precision_runs(built_model, data, tmp_path):
+def test_bf16_mixed_precision_runs(built_model, data, tmp_path, monkeypatch):
+    """precision bf16: the frozen weights are loaded in bf16, the trained ones kept in fp32, and the forward runs in
+    bf16 (the logits the loss is taken from are bf16); the losses stay finite."""
+    import lntune.train.trainer as trainer
+
+    seen = {}
+    load_model_as_trainer_does = trainer.load_model
+
+    def load_and_watch(*args, **kwargs):
+        model = load_model_as_trainer_does(*args, **kwargs)
+
+        def record(module, inputs, output):
+            seen.setdefault("logits", output.dtype)
+            seen.setdefault("frozen", {p.dtype for p in model.model.vision_tower.parameters()})
+            seen.setdefault("trained", {p.dtype for p in model.parameters() if p.requires_grad})
+
+        model.lm_head.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(trainer, "load_model", load_and_watch)
     run = train(run_config(built_model(), tmp_path / "run", data, precision="bf16"), say=lambda m: None)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(loss == loss and loss > 0 for loss in losses)
+    assert seen == {"logits": torch.bfloat16, "frozen": {torch.bfloat16}, "trained": {torch.float32}}
 
 
 def test_existing_run_dir_needs_resume(built_model, data, tmp_path):
@@ -527,9 +549,11 @@ def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mod
 
 
 def test_deepspeed_logs_stay_off_stdout():
-    """DeepSpeed logs to stdout (and warns on import on a CPU machine); lntune's stdout carries result tables."""
+    """DeepSpeed logs to stdout (and warns on import on a CPU machine); the CLI's stdout carries result tables."""
     pytest.importorskip("deepspeed")
-    done = subprocess.run([sys.executable, "-c", "import lntune, deepspeed; deepspeed.utils.logger.warning('w')"],
+    from tests.faults.helpers import AFTER_MAIN
+
+    done = subprocess.run([sys.executable, "-c", AFTER_MAIN + "import deepspeed; deepspeed.utils.logger.warning('w')"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "" and "[DeepSpeed WARNING] w" in done.stderr

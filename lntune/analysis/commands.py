@@ -55,12 +55,12 @@ def similarity_analysis(targets: dict[str, tuple[str, str | None]], data: str, i
     """targets: {label: (model dir, adapter dir or None)}. Writes similarity.json / .png; returns the results."""
     import torch
 
-    from lntune.adapter import load_adapter
+    from lntune.adapter import load_with_adapter
     from lntune.analysis.similarity import layer_similarity, off_diagonal_mean
     from lntune.config import DataConfig, DataSource
     from lntune.data.dataset import SupervisedDataset, collate
     from lntune.data.mixture import build_mixture, parse_data_spec
-    from lntune.model.load import load_llava_config, load_model, load_processor
+    from lntune.model.load import load_llava_config, load_processor
 
     source = parse_data_spec(data)
     data_config = DataConfig(sources=(DataSource(source.path, source.type, n),), image_folder=image_folder,
@@ -68,10 +68,7 @@ def similarity_analysis(targets: dict[str, tuple[str, str | None]], data: str, i
     results = {}
     for name, (model_dir, adapter) in targets.items():
         config = load_llava_config(model_dir)
-        model = load_model(model_dir)
-        if adapter:
-            model = load_adapter(model, adapter, model_dir)
-            model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        model = load_with_adapter(model_dir, adapter or None)
         processor = load_processor(model_dir)
         dataset = SupervisedDataset(build_mixture(data_config, seed=seed), processor, config.image_seq_length,
                                     data_config, "finetune")

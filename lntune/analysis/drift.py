@@ -32,4 +32,6 @@ def norm_drift(base_model, trained_tensors: dict[str, torch.Tensor]) -> dict[str
 def adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(Path(adapter_dir) / "trainable.safetensors"))
+    from lntune.adapter import TRAINABLE_FILE
+
+    return load_file(str(Path(adapter_dir) / TRAINABLE_FILE))

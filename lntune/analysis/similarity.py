@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-TOKEN_CHOICES = ("all", "image", "text")
-
 
 @torch.no_grad()
 def layer_similarity(model, batches, image_token_id: int, tokens: str = "all") -> torch.Tensor:

@@ -12,6 +12,7 @@ Nothing is ever downloaded: HF_HUB_OFFLINE is set before transformers is importe
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -68,7 +69,32 @@ def _library_progress_bars_only_on_a_terminal() -> None:
         transformers_logging.disable_progress_bar()
 
 
+class _DeepSpeedToStderr(logging.Filter):
+    def filter(self, record):
+        message = record.getMessage()
+        if not message.startswith("Setting accelerator to CPU"):
+            sys.stderr.write(f"[DeepSpeed {record.levelname}] {message}\n")
+        return False
+
+
+_DEEPSPEED_TO_STDERR = _DeepSpeedToStderr()
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed logs to stdout, and Accelerate imports it whenever it is installed (transformers' save_pretrained
+    does, through Accelerate). The CLI's stdout carries results (`lntune report`, `eval` tables), so DeepSpeed's
+    records are written to stderr instead. Called by `main` before anything imports DeepSpeed (a filter on its
+    logger, set before DeepSpeed creates the logger's handler, survives that creation); the Python API leaves
+    logging alone. Calling it again changes nothing (the same filter object is added once).
+
+    One record is dropped: on import DeepSpeed warns "Setting accelerator to CPU" whenever torch sees no GPU. That is
+    DeepSpeed describing the machine, not something lntune's user can act on (lntune places its work by what torch
+    sees, as DeepSpeed then does), and it turned every one-line error on a CPU machine into three lines."""
+    logging.getLogger("DeepSpeed").addFilter(_DEEPSPEED_TO_STDERR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    deepspeed_logs_to_stderr()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub are imported
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     _library_progress_bars_only_on_a_terminal()

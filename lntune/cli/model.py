@@ -6,6 +6,9 @@ import json
 
 from lntune.cli.command import Command, add_debug_flag, say
 from lntune.cli.config_flags import add_method_flags, method_configs
+from lntune.config import DTYPE_NAMES
+
+_FIXED_DTYPES = ", ".join(name for name in DTYPE_NAMES if name != "auto")  # float32, bfloat16, float16
 
 
 # ---- build ----------------------------------------------------------------------------------------
@@ -17,7 +20,7 @@ def _build_arguments(parser):
     parser.add_argument("--connector", default="mlp2x_gelu", help="mlp2x_gelu (stock Llava) or linear (the paper's)")
     parser.add_argument("--vision-layer", type=int, default=-2, help="vision hidden state to use (default -2)")
     parser.add_argument("--vision-select", default="patch", help="patch (default) or cls_patch (CLIP only)")
-    parser.add_argument("--dtype", default="auto", help="auto (the LLM's stored dtype), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help=f"auto (the LLM's stored dtype), {_FIXED_DTYPES}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -52,7 +55,7 @@ def _import_arguments(parser):
     llava.add_argument("--checkpoint", required=True, help="the LLaVA checkpoint directory")
     llava.add_argument("--vision", help="local directory of its CLIP vision tower (mm_vision_tower): config, "
                        "image processor, and the weights when the checkpoint has none")
-    llava.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16, float16")
+    llava.add_argument("--dtype", default="auto", help=f"auto (the checkpoint's), {_FIXED_DTYPES}")
     for sub in (projector, llava):
         sub.add_argument("--out", required=True, help="the new model directory")
         sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from lntune.config import DataConfig
-from lntune.data.chat import IGNORE_INDEX, PromptBuilder
 from lntune.data.images import ImageError, load_image, pixel_values, resolve_aspect_ratio
 from lntune.data.mixture import Mixture
 from lntune.errors import LntuneError
+from lntune.prompt import IGNORE_INDEX, IMAGE_TOKEN, PromptBuilder
 
 MAX_REPLACEMENTS = 50
 
@@ -40,7 +40,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.mixture = mixture
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.image_token = getattr(processor, "image_token", "<image>")
+        self.image_token = getattr(processor, "image_token", IMAGE_TOKEN)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.image_seq_length = image_seq_length
         self.config = config

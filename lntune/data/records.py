@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lntune.errors import LntuneError
+from lntune.prompt import IMAGE_TOKEN
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -69,18 +69,18 @@ def parse_record(obj, where: str, source_type: str | None = None) -> Record:
     if not dialogue or dialogue[-1][0] != "assistant":
         raise InvalidRecord(f"{where}: the conversation must end with a gpt turn (nothing to learn otherwise)")
     image = obj.get("image")
-    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for role, text in messages if role == "user")
-    misplaced = sum(text.count(IMAGE_PLACEHOLDER) for role, text in messages if role != "user")
+    placeholders = sum(text.count(IMAGE_TOKEN) for role, text in messages if role == "user")
+    misplaced = sum(text.count(IMAGE_TOKEN) for role, text in messages if role != "user")
     if image is not None and not isinstance(image, str):
         raise InvalidRecord(f"{where}: 'image' must be one relative path (multi-image samples are not supported)")
     if misplaced:
-        raise InvalidRecord(f"{where}: {IMAGE_PLACEHOLDER} may only appear in human turns")
+        raise InvalidRecord(f"{where}: {IMAGE_TOKEN} may only appear in human turns")
     if image and placeholders != 1:
         raise InvalidRecord(
-            f"{where}: has an image but {placeholders} {IMAGE_PLACEHOLDER} placeholders in its human turns (need exactly 1)"
+            f"{where}: has an image but {placeholders} {IMAGE_TOKEN} placeholders in its human turns (need exactly 1)"
         )
     if not image and placeholders:
-        raise InvalidRecord(f"{where}: has {IMAGE_PLACEHOLDER} in its text but no 'image'")
+        raise InvalidRecord(f"{where}: has {IMAGE_TOKEN} in its text but no 'image'")
     sample_type = obj.get("type", source_type)
     return Record(
         id=sample_id or where,

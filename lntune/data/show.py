@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lntune.data.chat import IGNORE_INDEX
 from lntune.errors import LntuneError
+from lntune.prompt import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lntune.data.chat import IMAGE_PLACEHOLDER
 from lntune.demo.world import (COLORS, NUMBER_WORDS, SAMPLE_TYPES, SHAPES, caption, describe, draw, make_scene,
                                short_questions)
 from lntune.eval.benchmarks.base import SHORT_ANSWER
+from lntune.prompt import IMAGE_TOKEN
 
 EVAL_SEED_OFFSET = 1_000_000
 CAPTION_PROMPTS = ("Describe the image briefly.", "Write a short caption.",
@@ -82,14 +82,14 @@ def write_training_data(root: Path, size: WorldSize, seed: int) -> dict[str, Pat
         name = f"train/{index:06d}.png"
         _image(scene, root / "images" / name)
         captions.append({"id": f"cap-{index}", "image": name, "conversations": _turns(
-            [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))], IMAGE_PLACEHOLDER + "\n")})
+            [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))], IMAGE_TOKEN + "\n")})
         for kind, make in SAMPLE_TYPES.items():
             pairs = _short(make(scene, rng), rng) if kind == "conversation" else make(scene, rng)
             if kind == "conversation" and rng.random() < 0.3:
                 # Short captions in some conversations (as LLaVA-1.5's mix has COCO captions), so stage 2 keeps captioning.
                 pairs.append((rng.choice(CAPTION_PROMPTS), caption(scene, rng)))
             instructions.append({"id": f"{kind}-{index}", "image": name, "type": kind,
-                                 "conversations": _turns(pairs, IMAGE_PLACEHOLDER + "\n")})
+                                 "conversations": _turns(pairs, IMAGE_TOKEN + "\n")})
     return {"captions": _write_json(root / "pretrain_captions.json", captions),
             "instructions": _write_json(root / "instruct.json", instructions)}
 

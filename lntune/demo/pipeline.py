@@ -116,14 +116,14 @@ def evaluate(model: Path, adapter: Path | None, paths: dict, out: Path, budget: 
 
 def image_blind_prior(paths: dict) -> dict:
     """VQAv2 accuracy of the best answer that ignores the image: the most common training answer per question type."""
-    from lntune.data.chat import IMAGE_PLACEHOLDER
     from lntune.eval.benchmarks import get_benchmark
+    from lntune.prompt import IMAGE_TOKEN
 
     answers: dict[str, Counter] = {}
     for record in json.loads(Path(paths["instructions"]).read_text()):
         turns = record["conversations"]
         for question, answer in zip(turns[::2], turns[1::2]):
-            text = question["value"].replace(IMAGE_PLACEHOLDER + "\n", "").split("\n")[0]
+            text = question["value"].replace(IMAGE_TOKEN + "\n", "").split("\n")[0]
             answers.setdefault(" ".join(text.lower().split()[:3]), Counter())[answer["value"]] += 1
     benchmark = get_benchmark("vqav2")
     data, images = bench_files(paths, "vqav2")

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from lntune.data.chat import _CONTENT
 from lntune.demo.world import BACKGROUNDS, COLORS, IMAGE_SIZE, SHAPES, draw, make_scene
+from lntune.prompt import CONTENT_MACRO
 
 PATCH = 16  # one patch per cell of the scenes' 3x3 grid: 9 image tokens, each one cell's contents
-CHAT_TEMPLATE = _CONTENT + (
+CHAT_TEMPLATE = CONTENT_MACRO + (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ 'USER: ' + content(message) + '\\n' }}"
     "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + content(message) + eos_token + '\\n' }}{% endif %}"
@@ -56,14 +56,14 @@ def pretrain_llm(corpus_file: Path, out: Path, steps: int = 1000, batch_size: in
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lntune.data.chat import IGNORE_INDEX, IMAGE_PLACEHOLDER, PromptBuilder
     from lntune.eval.benchmarks.base import SHORT_ANSWER
+    from lntune.prompt import IGNORE_INDEX, IMAGE_TOKEN, PromptBuilder
 
     records = json.loads(Path(corpus_file).read_text())
     messages = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
                  for t in record["conversations"]] for record in records]
     extra = ["Provide a one-sentence caption for the provided image.",
-             SHORT_ANSWER.strip() + " Please answer yes or no.", IMAGE_PLACEHOLDER]
+             SHORT_ANSWER.strip() + " Please answer yes or no.", IMAGE_TOKEN]
     tokenizer = train_tokenizer([m["content"] for chat in messages for m in chat] + extra)
     builder = PromptBuilder(tokenizer, template_source=CHAT_TEMPLATE, image_placement="keep")
     encoded = [builder.encode(chat, f"{corpus_file}: {record['id']}")

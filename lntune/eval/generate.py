@@ -1,6 +1,6 @@
 """Greedy answers from an MLLM, batched with left padding; shared by `lntune eval` and `lntune chat`.
 
-Prompts are token ids from the same PromptBuilder as training (lntune.data.chat): same template, same image
+Prompts are token ids from the same PromptBuilder as training (lntune.prompt): same template, same image
 placement, BOS as an id, image tokens expanded the same way. So the ids a question gets here equal the training
 ids of the same conversation up to the answer; the processor only turns images into pixel values.
 """
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from lntune.data.chat import IMAGE_PLACEHOLDER, PromptBuilder
+from lntune.prompt import IMAGE_TOKEN, PromptBuilder
 
 
 class GenerationPrompts:
     """Question (+ history) -> the ids generation receives; what `lntune data show --bench` prints, with no model."""
 
     def __init__(self, processor, image_seq_length: int, template: str = "auto", system: str | None = None):
-        image_token = getattr(processor, "image_token", IMAGE_PLACEHOLDER)
+        image_token = getattr(processor, "image_token", IMAGE_TOKEN)
         # Evaluation always puts the image first, as LLaVA's model_vqa_loader does.
         self.builder = PromptBuilder(processor.tokenizer, template, "finetune", system, "front", image_token)
         self.image_seq_length = image_seq_length

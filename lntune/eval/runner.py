@@ -233,19 +233,15 @@ def load_generator(model_dir: str, adapter: str | None = None, template: str = "
     evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why."""
     import torch
 
-    from lntune.adapter import load_adapter
+    from lntune.adapter import load_with_adapter
     from lntune.eval.generate import AnswerGenerator
-    from lntune.model.load import load_model, load_processor
+    from lntune.model.load import load_processor
 
     # Before the weights: a model or adapter recording an aspect ratio lntune lacks is refused at once.
     aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
     template, system = evaluation_prompt(model_dir, adapter, template, system)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_dir, dtype=dtype)
-    if adapter:
-        model = load_adapter(model, adapter, model_dir)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
+    model = load_with_adapter(model_dir, adapter or None, dtype=dtype)
     generator = AnswerGenerator(model.to(device), load_processor(model_dir), template, system)
     generator.image_aspect_ratio, generator.image_aspect_ratio_source = aspect_ratio, source
     return generator

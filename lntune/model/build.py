@@ -17,15 +17,14 @@ import torch
 
 from lntune import __version__
 from lntune.config import BuildConfig
-from lntune.data.chat import VICUNA_V1
 from lntune.errors import LntuneError
 from lntune.files import RECOPY, check_model_files, check_out_apart, loading, staged_directory
 from lntune.model.compose import compose_llava_config, has_cls_token
 from lntune.model.connector import make_connector
 from lntune.model.load import model_class_for, torch_dtype
 from lntune.model.sources import CLIP_TYPES, load_llm_config, load_vision_config, require_weights
+from lntune.prompt import IMAGE_TOKEN, VICUNA_V1
 
-IMAGE_TOKEN = "<image>"
 BUILD_INFO_FILE = "lntune_build.json"
 
 def add_special_tokens(tokenizer) -> list[str]:

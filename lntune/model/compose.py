@@ -6,9 +6,9 @@ describe exactly the same model.
 
 from __future__ import annotations
 
-from lntune.errors import LntuneError
-from lntune.model.connector import CONFIG_KEY, CONNECTORS
-from lntune.errors import unknown_key_error
+from lntune.config import CONNECTOR_NAMES
+from lntune.errors import LntuneError, unknown_key_error
+from lntune.model.connector import CONFIG_KEY
 
 
 def has_cls_token(vision_config) -> bool:
@@ -45,8 +45,8 @@ def compose_llava_config(
 ):
     from transformers import LlavaConfig
 
-    if connector not in CONNECTORS:
-        raise unknown_key_error("connector", connector, CONNECTORS)
+    if connector not in CONNECTOR_NAMES:
+        raise unknown_key_error("connector", connector, CONNECTOR_NAMES)
     layers = vision_config.num_hidden_layers
     # hidden_states holds the embeddings plus one entry per layer: valid indices are -(L+1)..L.
     if not -(layers + 1) <= vision_layer <= layers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lntune.config import CONNECTOR_NAMES
 from lntune.errors import unknown_key_error
 
 CONFIG_KEY = "lntune_connector"
@@ -43,25 +44,21 @@ def _build_mlp2x_gelu(config) -> nn.Module:
     return LlavaMultiModalProjector(config)
 
 
-CONNECTORS = {"linear": _build_linear, "mlp2x_gelu": _build_mlp2x_gelu}
-
-
 def connector_name(config) -> str:
-    """The connector a Llava config describes; configs without lntune's key are stock Llava."""
+    """The connector a Llava config describes (one of lntune.config.CONNECTOR_NAMES, the one list of them); configs
+    without lntune's key are stock Llava."""
     name = getattr(config, CONFIG_KEY, None)
     if name is None:
         return f"mlp2x_{config.projector_hidden_act}"
-    if name not in CONNECTORS:
-        raise unknown_key_error("connector", name, CONNECTORS)
+    if name not in CONNECTOR_NAMES:
+        raise unknown_key_error("connector", name, CONNECTOR_NAMES)
     return name
 
 
 def make_connector(config) -> nn.Module:
-    name = connector_name(config)
-    if name not in CONNECTORS:
-        # A stock checkpoint with another activation: the stock projector handles any ACT2FN name.
-        return _build_mlp2x_gelu(config)
-    return CONNECTORS[name](config)
+    # Every connector but `linear` is the stock projector: mlp2x_gelu, and a stock checkpoint's other activations
+    # (it handles any ACT2FN name).
+    return _build_linear(config) if connector_name(config) == "linear" else _build_mlp2x_gelu(config)
 
 
 def is_stock(config) -> bool:

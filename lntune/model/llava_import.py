@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from lntune import __version__
+from lntune.adapter import PEFT_CONFIG
 from lntune.errors import LntuneError
 from lntune.files import staged_directory
 from lntune.model.build import (
-    BUILD_INFO_FILE, IMAGE_TOKEN, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
+    BUILD_INFO_FILE, add_special_tokens, load_image_processor, load_llm_tokenizer, load_vision_model,
     check_output, make_processor,
 )
 from lntune.model.compose import compose_llava_config
@@ -35,6 +36,7 @@ from lntune.model.llava_format import (
 )
 from lntune.model.load import load_llava_config, load_model, load_processor, model_class_for, torch_dtype
 from lntune.model.sources import config_json_path, load_vision_config, read_config_dict, require_weights
+from lntune.prompt import IMAGE_TOKEN
 
 IMPORT_INFO_FILE = "lntune_import.json"
 
@@ -154,7 +156,7 @@ def import_llava_checkpoint(checkpoint_dir, vision_dir, out, dtype: str = "auto"
     settings = read_llava_settings(data, config_file)
     if settings.vision_layer is None:
         raise LntuneError(f"{config_file} has no mm_vision_select_layer: is it a LLaVA model's config.json?")
-    if (checkpoint_dir / "adapter_config.json").is_file():
+    if (checkpoint_dir / PEFT_CONFIG).is_file():
         raise LntuneError(f"{checkpoint_dir} is a LoRA run's output; merge it first "
                           "(LLaVA's scripts/merge_lora_weights.py), then import the merged directory")
     tensors = read_checkpoint_tensors(checkpoint_dir)

@@ -67,6 +67,9 @@ def save_checkpoint(backend, run_dir: Path, step: int, state: dict, keep: int) -
     accelerator = backend.accelerator
     root = run_dir / "checkpoints"
     final = root / f"step-{step:08d}"
+    # Not lntune.files.staged_directory: every process writes into this one folder (a per-process staging name would
+    # split it), it is sealed by a manifest and fsync'ed before the rename, and a damaged step-N it replaces is
+    # deleted rather than kept aside.
     staging = root / f".step-{step:08d}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)

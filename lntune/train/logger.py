@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from lntune.errors import LntuneError
+from lntune.files import write_text_atomic
 from lntune.model.parts import locate_parts
 
 
@@ -39,9 +39,7 @@ def truncate_jsonl(path: Path, last_step: int, say=None) -> None:
                               "is dropped on resume: repair or delete this line, then resume again")
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    os.replace(temporary, path)  # a kill during the rewrite leaves the old file, not half of it
+    write_text_atomic(path, "".join(line + "\n" for line in kept))  # a kill mid-rewrite leaves the old file
 
 
 class MetricsLogger:

@@ -59,6 +59,8 @@ def write_manifest(directory: Path) -> None:
     are written (every process's)."""
     files = {name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name, sync=True)}
              for name in _files(directory)}
+    # Not lntune.files.write_text_atomic: the manifest vouches for the checkpoint, so it (and the folder's entry) is
+    # fsync'ed to the disk before and after the rename, not only renamed.
     temporary = directory / f".{MANIFEST}.tmp"
     with temporary.open("w") as handle:
         json.dump({"format": FORMAT, "files": files}, handle, indent=1)

@@ -41,3 +41,10 @@ def tree_digest(root) -> dict:
 def leftovers(folder) -> list[str]:
     """Staging folders and files a failed write could leave beside its target."""
     return sorted(path.name for path in Path(folder).iterdir() if ".partial-" in path.name or path.name.endswith(".tmp"))
+
+
+# Code a subprocess runs first, so that DeepSpeed is imported after lntune.cli.main set its logs' routing, as in the
+# CLI; --version is the cheapest run of main (its line is put aside: stdout then holds only what DeepSpeed writes).
+AFTER_MAIN = ("import contextlib, io\nfrom lntune.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "    main(['--version'])\n")

@@ -16,7 +16,7 @@ import pytest
 from lntune.config import DataConfig, DataSource, MethodConfig, RunConfig, TrainConfig
 from lntune.train.trainer import train
 from tests.eval.fixtures import write_pope
-from tests.faults.helpers import assert_one_line_error, leftovers, run_main, tree_digest
+from tests.faults.helpers import AFTER_MAIN, assert_one_line_error, leftovers, run_main, tree_digest
 from tests.helpers import write_llava_data
 
 DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"  # safetensors' own words
@@ -310,11 +310,19 @@ def test_merge_out_inside_the_adapter_is_refused(capsys, world, tmp_path):
 # ---- DeepSpeed's import notice -------------------------------------------------------------------
 
 def test_no_deepspeed_cpu_notice(tmp_path):
-    """On a machine without a GPU, DeepSpeed's import says "Setting accelerator to CPU" on stderr; lntune drops
+    """On a machine without a GPU, DeepSpeed's import says "Setting accelerator to CPU" on stderr; the CLI drops
     that one notice (other DeepSpeed records still reach stderr, see tests/test_train.py)."""
     pytest.importorskip("deepspeed")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    done = subprocess.run([sys.executable, "-c", "import lntune, deepspeed"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", AFTER_MAIN + "import deepspeed"], capture_output=True, text=True,
                           timeout=120, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Setting accelerator to CPU" not in done.stderr and done.stdout == ""
+
+
+def test_importing_lntune_leaves_logging_alone():
+    """Only the CLI reroutes DeepSpeed's logs: `import lntune` (the Python API) changes no process-wide state."""
+    done = subprocess.run([sys.executable, "-c", "import logging, lntune, lntune.cli\n"
+                           "assert not logging.getLogger('DeepSpeed').filters"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,8 +3,8 @@ gives "red . </s>" for "red .</s>"), and still an error naming the sample when t
 
 import pytest
 
-from lntune.data.chat import IGNORE_INDEX, PromptBuilder, VICUNA_SYSTEM
 from lntune.errors import LntuneError
+from lntune.prompt import IGNORE_INDEX, PromptBuilder, VICUNA_SYSTEM
 from tests.helpers import shifted_offsets
 
 CONVERSATION = [("user", "<image>\nWhat colour is the ball?"), ("assistant", "It is red ."),

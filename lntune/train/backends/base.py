@@ -20,8 +20,8 @@ import torch
 
 from lntune.train.logger import norm_gradient_norms
 
-# The files a backend writes into a checkpoint directory (beside checkpoint.py's state.json and rng-N files).
-TRAINABLE_FILE = "trainable.safetensors"
+# The files a backend writes into a checkpoint directory (beside checkpoint.py's state.json and rng-N files):
+# lntune.adapter's TRAINABLE_FILE (named as in an adapter: the trained tensors by their Llava names), and these.
 OPTIMIZER_FILE = "optimizer.safetensors"
 SCHEDULER_FILE = "scheduler.safetensors"
 

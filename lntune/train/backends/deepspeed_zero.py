@@ -4,9 +4,10 @@ The engine's set-up, checkpoint files and process-wide changes are in lntune.tra
 
 from __future__ import annotations
 
+from lntune.adapter import TRAINABLE_FILE
 from lntune.errors import LntuneError
 from lntune.train import zero
-from lntune.train.backends.base import TRAINABLE_FILE, Backend
+from lntune.train.backends.base import Backend
 
 
 def _first_line(error: BaseException) -> str:

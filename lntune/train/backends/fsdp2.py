@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
+from lntune.adapter import TRAINABLE_FILE
 from lntune.errors import LntuneError
-from lntune.train.backends.base import OPTIMIZER_FILE, SCHEDULER_FILE, TRAINABLE_FILE, Backend, step_torch_optimizer
+from lntune.train.backends.base import OPTIMIZER_FILE, SCHEDULER_FILE, Backend, step_torch_optimizer
 from lntune.train.distributed import (full_optimizer_state, gather_trainable, gradient_sync, load_full_optimizer_state,
                                       load_trainable, shard_with_fsdp2)
 from lntune.train.state_file import load_state, save_state

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lntune.train.backends.base import OPTIMIZER_FILE, SCHEDULER_FILE, TRAINABLE_FILE, Backend, step_torch_optimizer
+from lntune.adapter import TRAINABLE_FILE
+from lntune.train.backends.base import OPTIMIZER_FILE, SCHEDULER_FILE, Backend, step_torch_optimizer
 from lntune.train.distributed import gather_trainable, load_trainable
 from lntune.train.state_file import load_state, save_state
 

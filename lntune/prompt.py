@@ -1,5 +1,8 @@
 """Chat templates and the one prompt builder: token ids and label masks, with the mask self-check.
 
+A leaf module (it imports only lntune.errors): data, evaluation, build and the demo all take the templates,
+the image token, the BOS rule and PromptBuilder from here.
+
 The built-in templates are LLaVA's, byte for byte (docs/llava.md). A conversation is placed (LLaVA's image-first
 rule), rendered to one string by a Jinja chat template (the tokenizer's own, or one of TEMPLATES) and tokenised
 once; training, evaluation, chat and `lntune data show` all go through PromptBuilder. Which characters are assistant text is found
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 from lntune.errors import LntuneError, unknown_key_error
 
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
+IMAGE_TOKEN = "<image>"
+"""The image placeholder in conversation text (LLaVA's data) and the special token `lntune build` adds for it."""
 IMAGE_PLACEMENTS = ("front", "keep")
 
 # System prompts, byte for byte as LLaVA's conversation templates (llava/conversation.py) have them.
@@ -38,16 +42,17 @@ _OLD_VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 
-# Message content is a string (LLaVA data, with "<image>" inline) or a list of parts (stock processors'
-# apply_chat_template: {"type": "image"} / {"type": "text", "text": ...}); every template accepts both.
-_CONTENT = (
+CONTENT_MACRO = (
     "{% macro content(message) %}{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<image>\\n' }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '" + IMAGE_TOKEN + "\\n' }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{% endmacro %}"
 )
+"""The Jinja macro `content(message)` every template here is built on (and the demo's LLM pretraining template):
+message content is a string (LLaVA data, with the image token inline) or a list of parts (stock processors'
+apply_chat_template: {"type": "image"} / {"type": "text", "text": ...})."""
 
 # LLaVA's conv_vicuna_v1: "SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>".
-VICUNA_V1 = _CONTENT + (
+VICUNA_V1 = CONTENT_MACRO + (
     "{% if messages[0]['role'] == 'system' %}{{ content(messages[0]) + ' ' }}"
     "{% else %}{{ \"" + VICUNA_SYSTEM + " \" }}{% endif %}"
     "{% for message in messages %}"
@@ -60,7 +65,7 @@ VICUNA_V1 = _CONTENT + (
 # LLaVA's conv_llava_llama_2: "[INST] <<SYS>>\nSYSTEM\n<</SYS>>\n\nq [/INST] a </s><s>[INST] q2 [/INST] a2 </s>".
 # The system block is always there (LLAMA_2_SYSTEM unless a system turn gives another; an empty one drops the block,
 # as LLaVA's wrap_sys does); the first turn's <s> is the tokenizer's BOS, not text.
-LLAMA_2 = _CONTENT + (
+LLAMA_2 = CONTENT_MACRO + (
     "{% if messages[0]['role'] == 'system' %}{% set system = content(messages[0]) %}"
     "{% else %}{% set system = \"" + LLAMA_2_SYSTEM + "\" %}{% endif %}"
     "{% set first_user = namespace(done=false) %}"
@@ -76,9 +81,9 @@ LLAMA_2 = _CONTENT + (
 )
 
 # Stage 1 (LLaVA's "plain"): the image, then the caption; the human turn's text is dropped.
-PLAIN = _CONTENT + (
+PLAIN = CONTENT_MACRO + (
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '<image>' if '<image>' in content(message) else '' }}"
+    "{% if message['role'] == 'user' %}{{ '" + IMAGE_TOKEN + "' if '" + IMAGE_TOKEN + "' in content(message) else '' }}"
     "{% elif message['role'] == 'assistant' %}{{ content(message) + eos_token }}{% endif %}"
     "{% endfor %}"
 )
@@ -141,9 +146,9 @@ def render_with_spans(tokenizer, template: str, messages: list[dict], where: str
 def place_image_first(text: str) -> str:
     """LLaVA's preprocess_multimodal for one turn: `<image>` removed, the text stripped, `<image>\n` put in front
     ("What is on the table?\n<image>" -> "<image>\nWhat is on the table?"; "<image>" alone stays "<image>")."""
-    if IMAGE_PLACEHOLDER not in text:
+    if IMAGE_TOKEN not in text:
         return text
-    return (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+    return (IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 
 def bos_prefix(tokenizer) -> list[int]:
@@ -175,7 +180,7 @@ class PromptBuilder:
     """
 
     def __init__(self, tokenizer, template: str = "auto", stage: str = "finetune", system: str | None = None,
-                 image_placement: str = "front", image_token: str = IMAGE_PLACEHOLDER, template_source: str | None = None):
+                 image_placement: str = "front", image_token: str = IMAGE_TOKEN, template_source: str | None = None):
         """`template`: a name (see resolve_template); `template_source`: a Jinja source of the caller's own instead
         (e.g. the tiny world's LLM pretraining), then named "custom"."""
         if image_placement not in IMAGE_PLACEMENTS:
