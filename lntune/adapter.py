@@ -197,6 +197,8 @@ def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path | None = No
     weights: a plain Llava model, as `lntune merge` would have written it. No adapter: the model alone."""
     from lntune.model.load import load_model
 
+    if adapter_dir is not None:
+        check_adapter(adapter_dir)  # a damaged adapter costs nothing: checked before the model's weights are read
     model = load_model(model_dir, dtype=dtype)
     if adapter_dir is None:
         return model

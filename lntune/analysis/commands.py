@@ -11,9 +11,9 @@ import json
 from functools import partial
 from pathlib import Path
 
-import yaml
 
 from lntune.errors import LntuneError
+from lntune.files import read_yaml
 
 
 def _plt():
@@ -46,7 +46,10 @@ def run_model(run: Path) -> tuple[str, str]:
     config_file = Path(run) / "config.yaml"
     if not config_file.is_file():
         raise LntuneError(f"{run} is not a run directory (no config.yaml)")
-    return yaml.safe_load(config_file.read_text())["model"], str(Path(run) / "adapter")
+    config = read_yaml(config_file, "it is the run's record; restore it from a copy")
+    if not isinstance(config, dict) or "model" not in config:
+        raise LntuneError(f"{config_file}: not an lntune run record (no `model:` key)")
+    return config["model"], str(Path(run) / "adapter")
 
 
 def similarity_analysis(targets: dict[str, tuple[str, str | None]], data: str, image_folder: str | None, out: Path,

@@ -30,8 +30,7 @@ def norm_drift(base_model, trained_tensors: dict[str, torch.Tensor]) -> dict[str
 
 
 def adapter_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     from lntune.adapter import TRAINABLE_FILE
+    from lntune.files import RETRAIN, load_safetensors
 
-    return load_file(str(Path(adapter_dir) / TRAINABLE_FILE))
+    return load_safetensors(Path(adapter_dir) / TRAINABLE_FILE, RETRAIN)

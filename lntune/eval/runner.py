@@ -28,10 +28,12 @@ METRICS = "metrics.json"
 
 def read_predictions(path: Path) -> list[dict]:
     """Lines of a predictions file; a torn last line (killed mid-write) is dropped and rewritten."""
+    from lntune.files import read_text, write_text_atomic
+
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    text = read_text(path, "delete it to answer every item again")
+    lines = text.splitlines()  # json.dumps escapes U+2028 and friends, so no record holds a line break
     records = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -41,7 +43,7 @@ def read_predictions(path: Path) -> list[dict]:
                 raise LntuneError(f"{path}:{number}: invalid JSON in the middle of the file; delete the file to restart")
     if text and not text.endswith("\n") or len(records) != len(lines):
         # Killed mid-write: keep the complete records, newline-terminated, before anything is appended.
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict) or not {"id", "prediction", "reference"} <= set(record):
             raise LntuneError(f"{path}:{number}: not an lntune predictions file (needs id, prediction, reference)")

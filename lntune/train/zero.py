@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 
 import torch
 
@@ -50,10 +49,10 @@ def read_user_config(path: str | None) -> dict:
     unless its value is "auto" (as in configs written for the HF Trainer), which is dropped."""
     if path is None:
         return {}
+    from lntune.files import read_text
+
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LntuneError(f"deepspeed_config {path}: no such file") from None
+        data = json.loads(read_text(path, "fix the path (train.deepspeed_config)"))
     except json.JSONDecodeError as error:
         raise LntuneError(f"deepspeed_config {path}: not valid JSON (line {error.lineno}, column {error.colno}: "
                           f"{error.msg})") from None
