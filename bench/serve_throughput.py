@@ -22,8 +22,12 @@ from pathlib import Path
 
 
 def tiny_model(root: Path) -> Path:
+    import sys
+
+    # The tests' tiny random backbones (tests/backbones.py): the repository root onto the path, as pytest puts it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from lntune.config import BuildConfig
-    from lntune.demo.backbones import write_tiny_llm, write_tiny_vision
+    from tests.backbones import write_tiny_llm, write_tiny_vision
     from lntune.model.build import build_mllm
 
     llm = write_tiny_llm(root / "llm", hidden_size=64, layers=4)
@@ -106,7 +110,7 @@ def main() -> int:
 
     import torch
 
-    from lntune.adapter import TENSORS
+    from lntune.adapter import TRAINABLE_FILE
     from lntune.files import load_safetensors
     from lntune.model.load import load_model, load_processor
     from lntune.serve.adapters import AdapterSet
@@ -130,7 +134,7 @@ def main() -> int:
         swap_decoder = Decoder(swap_model, processor.tokenizer, swapping)
         # Read before timing: swapping is timed as copying tensors already in memory into the weights.
         adapter_tensors = {folder.name: {name: tensor.to(device) for name, tensor in
-                                         load_safetensors(folder / TENSORS).items()} for folder in folders}
+                                         load_safetensors(folder / TRAINABLE_FILE).items()} for folder in folders}
         base_tensors = {name: live[name].detach().clone() for name in adapter_tensors[folders[0].name]}
         seq_length = mixed_model.config.image_seq_length
         print(f"model {model_dir if args.model else 'tiny random (Llama hidden 64, 4 layers; CLIP 2 layers, 16 image tokens)'}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lntune.adapter import TENSORS, check_adapter, fingerprint
+from lntune.adapter import TRAINABLE_FILE, check_adapter, fingerprint
 from lntune.data.images import recorded_aspect_ratio
 from lntune.errors import LntuneError
 from lntune.files import REBUILD, RETRAIN, load_safetensors, read_json_object
@@ -176,7 +176,7 @@ class AdapterSet:
                 "base_mismatch")
         try:
             aspect_ratio = recorded_aspect_ratio(manifest.get("image_aspect_ratio"), str(adapter_dir / "adapter.json"))
-            tensors = load_safetensors(adapter_dir / TENSORS, RETRAIN)
+            tensors = load_safetensors(adapter_dir / TRAINABLE_FILE, RETRAIN)
         except Exception as error:
             raise ServeError(str(error), 400, "path") from None
         placements = self._placements(tensors, adapter_dir)
