@@ -83,11 +83,13 @@ def stored_float_dtype(model_dir: str | Path) -> torch.dtype | None:
     return _HEADER_DTYPES[max(elements, key=elements.get)] if elements else None
 
 
-def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str, base_fingerprint: str,
-                 tensors: dict[str, torch.Tensor], image_aspect_ratio: str | None = None,
-                 prompt: dict | None = None) -> Path:
+def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, stage: str,
+                 base_fingerprint: str | None = None, tensors: dict[str, torch.Tensor] | None = None,
+                 image_aspect_ratio: str | None = None, prompt: dict | None = None) -> Path:
     """Write `tensors`, full copies of `model`'s trained tensors (as the training backend gathered them from shards or
-    replicas), as an adapter of the base `base_dir`, whose fingerprint the run took when it started.
+    replicas), as an adapter of the base `base_dir`, whose fingerprint the run took when it started. From the Python
+    API (a model tuned in one's own loop), both may be left out: the trained tensors of the unsharded `model` and the
+    base's fingerprint are then taken here.
     `image_aspect_ratio` (pad / crop, as training resolved it) and `prompt` (template, system, image placement) are
     recorded so that evaluation and chat show the model what training did."""
     from safetensors.torch import save_file
@@ -95,6 +97,11 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
     from lntune.methods.lora import lora_parameters
 
     out = Path(out)
+    if tensors is None:
+        from lntune.train.distributed import gather_trainable
+
+        tensors = gather_trainable(model)
+    base_fingerprint = base_fingerprint or fingerprint(base_dir)
     # Trained in fp32, stored like the base (a bf16/fp16 base's adapter is half the size). Nothing is lost for use:
     # loading the adapter or merging it casts to the base's dtype anyway; resuming reads the fp32 checkpoints.
     stored = stored_float_dtype(base_dir)
