@@ -34,6 +34,6 @@ fi
 # The single-process training tests, DeepSpeed's engine (zero2/zero3 with one process, bf16) included; the
 # 2-process ones need a GPU per process.
 if [[ " $PHASES " == *" tests "* ]]; then
-phase tests-cuda 240 $PYTHON -m pytest -q -rfs -p no:cacheprovider --timeout 200 tests/test_train.py \
+phase tests-cuda 240 $PYTHON -m pytest -q -rfs -p no:cacheprovider --timeout 200 tests/train/test_train.py \
     -k "not two_processes"
 fi

@@ -176,7 +176,7 @@ class PromptBuilder:
     tokenizer's own), tokenised in one call without special tokens, and given the tokenizer's BOS as an id (never the
     text "<s>": with legacy=false SentencePiece tokenizers the text form changes the next token). The prompt of a
     generation is the same conversation cut before the assistant's answer, so its ids are exactly the training ids up
-    to that answer (tests/test_prompt_parity.py proves it for every template and both SentencePiece kinds).
+    to that answer (tests/test_prompt.py proves it for every template and both SentencePiece kinds).
     """
 
     def __init__(self, tokenizer, template: str = "auto", stage: str = "finetune", system: str | None = None,

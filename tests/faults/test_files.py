@@ -311,7 +311,7 @@ def test_merge_out_inside_the_adapter_is_refused(capsys, world, tmp_path):
 
 def test_no_deepspeed_cpu_notice(tmp_path):
     """On a machine without a GPU, DeepSpeed's import says "Setting accelerator to CPU" on stderr; the CLI drops
-    that one notice (other DeepSpeed records still reach stderr, see tests/test_train.py)."""
+    that one notice (other DeepSpeed records still reach stderr, see tests/train/test_train.py)."""
     pytest.importorskip("deepspeed")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, "-c", AFTER_MAIN + "import deepspeed"], capture_output=True, text=True,

@@ -22,7 +22,7 @@ from lntune.train.trainer import train
 from lntune.train.zero import free_local_port
 from tests.helpers import image_inputs, write_llava_data
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 from lntune.config import RunConfig, TrainConfig, config_from_dict, load_yaml
 from lntune.errors import LntuneError
 from lntune.train.sampler import StepBatchSampler, resolve_grad_accum
-from tests.test_cli_errors import run_main
+from tests.cli.test_cli_errors import run_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data(images=24, texts=16, seed=0):

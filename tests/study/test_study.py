@@ -11,7 +11,7 @@ from lntune.errors import LntuneError
 from lntune.study.config import AnalysisSettings, StudyRun, load_compare_config
 from lntune.study.runner import run_compare
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 # No tiny world, no model building, no stage 1: a run of this config starts by training stage 2, so any error it
 # raises first was found before anything trained.
 FILES_WORLD = "world: files\nmodel: /nonexistent\nstage1_model: /nonexistent\n"
