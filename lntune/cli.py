@@ -160,6 +160,7 @@ _TRAIN_FLAGS = {
     "seed": "train.seed", "save_every": "train.save_every", "keep_checkpoints": "train.keep_checkpoints",
     "save_merged": "train.save_merged", "log_every": "train.log_every", "grad_stats": "train.grad_stats",
     "distributed": "train.distributed", "max_grad_norm": "train.max_grad_norm", "deepspeed_config": "train.deepspeed_config",
+    "quantize": "train.quantize", "quantize_vision": "train.quantize_vision",  # [memory] quantized frozen base
 }
 
 
@@ -201,6 +202,11 @@ def _train_arguments(parser):
     parser.add_argument("--distributed", help="with several processes: ddp (default), fsdp2, zero2 or zero3 (DeepSpeed)")
     parser.add_argument("--deepspeed-config", metavar="JSON", help="zero2/zero3: DeepSpeed settings to merge in "
                         "(e.g. zero_optimization.offload_optimizer)")
+    # [memory] quantized frozen base (QLN / QLoRA), lntune.model.quantize
+    parser.add_argument("--quantize", help="4bit (NF4) or 8bit: the LLM blocks' frozen linear layers quantized "
+                        "(bitsandbytes); layernorm, layernorm-simple, lora, connector")
+    parser.add_argument("--quantize-vision", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --quantize: the vision tower's linear layers too")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
     parser.add_argument("--keep-checkpoints", type=int)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lntune.errors import LntuneError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -24,6 +26,11 @@ class Method:
     """Starting-point learning rate. Norm gains need a far larger step than full finetuning's
     (PEFT's own LN-tuning benchmark learned nothing at 1e-4); tune it for your data."""
 
+    @property
+    def trains_base_weights(self) -> bool:
+        """Whether it updates the LLM blocks' linear weights themselves: the ones a quantized base holds in 4 / 8 bits."""
+        return self.llm_selection in ("all", "attn_qv", "mlp")
+
 
 METHODS = {
     "full": Method("every LLM parameter + connector", "all", True, True, True, True, 2e-5),
@@ -34,3 +41,11 @@ METHODS = {
     "layernorm-simple": Method("the norms inside every block + final norm, nothing else", "block_norms", False, False, False, True, 1e-3),
     "connector": Method("the connector only (stage 1; an ablation in stage 2)", "none", True, False, False, False, 2e-3),
 }
+
+
+def refuse_quantized(name: str, mode: str) -> None:
+    """The one-line refusal of a method that would train the weights `--quantize` holds quantized."""
+    if METHODS[name].trains_base_weights:
+        allowed = ", ".join(key for key, method in METHODS.items() if not method.trains_base_weights)
+        raise LntuneError(f"method {name} trains the LLM's linear weights, which --quantize {mode} holds quantized "
+                          f"(frozen); with --quantize use {allowed}, or train {name} without --quantize")

@@ -213,7 +213,9 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
 
     processor = load_processor(config.model)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    model = load_model(config.model, dtype="bfloat16" if precision == "bf16" and not sharded else "float32")
+    model = load_model(config.model, dtype="bfloat16" if precision == "bf16" and not sharded else "float32",
+                       # [memory] QLN / QLoRA: the blocks' frozen linear layers in 4 / 8 bits (lntune.model.quantize)
+                       quantize=train_config.quantize, quantize_vision=train_config.quantize_vision)
     model = apply_method(model, config.method)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
