@@ -15,7 +15,7 @@ from lntune.model.parts import locate_parts
 from lntune.train.trainer import train
 from tests.helpers import image_inputs, write_llava_data
 
-bitsandbytes = pytest.importorskip("bitsandbytes")
+import bitsandbytes  # noqa: E402  (the test extra installs it: a missing one fails, never skips)
 
 # NF4's 16 levels on [-1, 1] (Dettmers et al., QLoRA): the widest gap is 1.0 - 0.7230 (the top level and the one
 # below). A weight is rounded to the nearest level of its block of 64 scaled by the block's absolute maximum, so it

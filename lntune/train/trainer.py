@@ -38,6 +38,7 @@ from lntune.train import zero
 from lntune.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint, select_checkpoint
 from lntune.train.distributed import gather_trainable, gradient_sync, is_sharded, shard_with_fsdp2
 from lntune.train.logger import MetricsLogger, norm_gradient_norms, truncate_jsonl
+from lntune.train.loss import SupervisedLossHead  # [memory]
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
 from lntune.train.sampler import StepBatchSampler, resolve_grad_accum
 
@@ -273,6 +274,8 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
         model, optimizer = accelerator.prepare(model, optimizer)
     # Without the DDP wrapper or DeepSpeed engine (still sharded under FSDP2 and ZeRO-3).
     plain_model = engine.module if engine is not None else accelerator.unwrap_model(model)
+    # [memory] the output head computes the loss at supervised positions only, chunk by chunk (lntune.train.loss)
+    loss_head = SupervisedLossHead.install(plain_model)
     model.train()
     unwrap(plain_model).model.vision_tower.eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -317,8 +320,8 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
                 else:
                     sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    logits = model(**inputs, use_cache=False).logits
-                    loss_sum = _token_loss_sum(logits, labels)
+                    loss_head.set_labels(labels)  # [memory] read by the head inside this forward
+                    loss_sum = model(**inputs, use_cache=False).logits.sum()  # [memory] `logits`: per-position losses [N]
                     # DDP averages gradients over processes; scaling by world makes the result the
                     # gradient of (sum of token losses / supervised tokens in the global batch).
                     loss = loss_sum * world / max(global_tokens, 1)
@@ -377,6 +380,7 @@ def _train(config: RunConfig, resume: bool, say) -> Path:
                 save_checkpoint(accelerator, run_dir, step, plain_model, optimizer, scheduler,
                                 {"counters": counters}, train_config.keep_checkpoints, sharded, engine)
     finally:
+        loss_head.remove()  # [memory] a plain head again
         progress.close()
         logger.close()
 
