@@ -2,6 +2,7 @@
 
 import sys
 
+import bitsandbytes  # the test extra installs it: a missing one fails here, never skips
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,14 +16,11 @@ from lntune.model.parts import locate_parts
 from lntune.train.trainer import train
 from tests.helpers import image_inputs, write_llava_data
 
-import bitsandbytes  # noqa: E402  (the test extra installs it: a missing one fails, never skips)
-
-# NF4's 16 levels on [-1, 1] (Dettmers et al., QLoRA): the widest gap is 1.0 - 0.7230 (the top level and the one
-# below). A weight is rounded to the nearest level of its block of 64 scaled by the block's absolute maximum, so it
+# NF4's 16 levels on [-1, 1] (Dettmers et al., QLoRA); the widest gap is -1.0 to -0.6962. A weight is rounded to the nearest level of its block of 64 scaled by the block's absolute maximum, so it
 # is off by at most half that gap times the block maximum; double quantization stores the maxima in 8 bits
 # (a further ~1% of them).
 NF4_BLOCK = 64
-NF4_WORST = (-0.6962 - -1.0) / 2 * 1.02  # the widest gap is on the negative side (NF4 has one more level there)
+NF4_WORST = (-0.6962 - -1.0) / 2 * 1.02
 
 
 @pytest.fixture(scope="module")
