@@ -42,6 +42,7 @@ ROWS = {  # row -> (lntune method, quantize)
 }
 CONTENDERS = ("lntune", "peft+trainer")
 LEARNING_RATE = 1e-3
+SUPERVISED = None  # supervised tokens per step (the PEFT worker counts them)
 
 
 # ---- the shared model and data -------------------------------------------------------------------
@@ -76,7 +77,7 @@ def _prepare(preset: str, layers: int | None, work: Path, samples: int, seq_len:
     from lntune.model.sources import load_llm_config, load_vision_config
 
     model_dir = work / "model"
-    data, images = work / "data.json", work / "images"
+    data, images = work / f"data-{samples}x{seq_len}.json", work / "images"
     if not (model_dir / "config.json").is_file():
         torch.manual_seed(0)
         if preset == "llama-2-7b":
@@ -114,7 +115,7 @@ def _prepare(preset: str, layers: int | None, work: Path, samples: int, seq_len:
         words, rng, records = _words(2_000, seed=2), random.Random(3), []
         for index in range(samples):
             Image.new("RGB", (64, 48), tuple(rng.randrange(256) for _ in range(3))).save(images / f"{index}.png")
-            question = " ".join(rng.choice(words) for _ in range(seq_len // 4))
+            question = " ".join(rng.choice(words) for _ in range(seq_len // 10))  # ~2.6 tokens a word
             answer = " ".join(rng.choice(words) for _ in range(seq_len))  # cut at max_length: every sample as long
             records.append({"id": str(index), "image": f"{index}.png", "conversations": [
                 {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]})
@@ -205,7 +206,8 @@ def _run_peft(args, model_dir, data, images, method, quantize, device) -> tuple[
     with tempfile.TemporaryDirectory() as out:
         training = TrainingArguments(
             output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
-            learning_rate=LEARNING_RATE, lr_scheduler_type="cosine", warmup_ratio=0.03, weight_decay=0.0,
+            # warmup_steps below 1 is a ratio: lntune's default warmup_ratio
+            learning_rate=LEARNING_RATE, lr_scheduler_type="cosine", warmup_steps=0.03, weight_decay=0.0,
             max_grad_norm=1.0, optim="adamw_torch", bf16=device == "cuda", seed=0, logging_steps=10**6,
             save_strategy="no", report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
             disable_tqdm=True, use_cpu=device == "cpu")
@@ -213,8 +215,10 @@ def _run_peft(args, model_dir, data, images, method, quantize, device) -> tuple[
                 callbacks=[StepTimes()]).train()
     # on_step_end to on_step_end: fetching the batch, forward, backward, clipping, the optimizer step
     seconds = [b - a for a, b in zip(ends, ends[1:])][args.warmup:]
-    tokens = int(collator([dataset[i] for i in range(args.batch_size)])["attention_mask"].sum())
-    return seconds, tokens
+    batch = collator([dataset[i] for i in range(args.batch_size)])
+    global SUPERVISED
+    SUPERVISED = int((batch["labels"][:, 1:] != -100).sum())
+    return seconds, int(batch["attention_mask"].sum())
 
 
 def worker(args) -> dict:
@@ -227,7 +231,7 @@ def worker(args) -> dict:
     seconds, tokens = run(args, Path(args.model_dir), Path(args.data), Path(args.images), method, quantize, device)
     step = statistics.median(seconds)
     return {"row": args.row, "contender": args.contender, "step_seconds": step, "tokens_per_second": tokens / step,
-            "tokens_per_step": tokens, "peak_memory_gib": _peak_memory_gib(device), "device": device}
+            "tokens_per_step": tokens, "supervised_per_step": SUPERVISED, "peak_memory_gib": _peak_memory_gib(device), "device": device}
 
 
 # ---- the harness ---------------------------------------------------------------------------------
@@ -281,9 +285,10 @@ def main() -> int:
                 print(f"round {round_index + 1} {row:<22} {contender:<13} {r['step_seconds']:.3f} s/step "
                       f"{r['tokens_per_second']:,.0f} tokens/s {r['peak_memory_gib']:.2f} GiB", file=sys.stderr)
     device = results[0]["device"] if results else "?"
+    supervised = next((r["supervised_per_step"] for r in results if r["supervised_per_step"]), None)
     memory = "peak RSS GiB" if device == "cpu" else "peak CUDA GiB"
     print(f"preset {args.preset}{f' ({args.layers} LLM blocks)' if args.layers else ''}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens, AdamW lr {LEARNING_RATE:g}, {'fp32' if device == 'cpu' else 'bf16 autocast'} on "
+          f"{args.seq_len} tokens ({supervised} of them supervised), AdamW lr {LEARNING_RATE:g}, {'fp32' if device == 'cpu' else 'bf16 autocast'} on "
           f"{device}; {args.rounds} rounds interleaved, each the median of {args.steps} steps after {args.warmup}; "
           f"median [min, max] over rounds")
     print(f"{'row':<22} {'contender':<13} {'s/step':>22} {'tokens/s':>26} {memory:>24}")

@@ -16,9 +16,9 @@ from lntune.model.parts import locate_parts
 from lntune.train.trainer import train
 from tests.helpers import image_inputs, write_llava_data
 
-# NF4's 16 levels on [-1, 1] (Dettmers et al., QLoRA); the widest gap is -1.0 to -0.6962. A weight is rounded to the nearest level of its block of 64 scaled by the block's absolute maximum, so it
-# is off by at most half that gap times the block maximum; double quantization stores the maxima in 8 bits
-# (a further ~1% of them).
+# NF4's 16 levels on [-1, 1] (Dettmers et al., QLoRA); the widest gap is -1.0 to -0.6962. A weight is rounded to
+# the nearest level of its block of 64 scaled by the block's absolute maximum, so it is off by at most half that gap
+# times the block maximum; double quantization stores the maxima in 8 bits (a further ~1% of them).
 NF4_BLOCK = 64
 NF4_WORST = (-0.6962 - -1.0) / 2 * 1.02
 
@@ -194,7 +194,8 @@ def test_methods_that_train_quantized_weights_are_refused(model64, tmp_path, met
 
 
 def test_cpu_4bit_refuses_widths_its_kernels_get_wrong(built_model):
-    with pytest.raises(LntuneError, match=r"--quantize 4bit on the CPU needs .* multiple of 64.*has 32. Use --quantize 8bit"):
+    with pytest.raises(LntuneError, match=r"--quantize 4bit on the CPU needs .* multiple of 64.*has 32. Use "
+                                          r"--quantize 8bit"):
         load_model(built_model(), dtype="float32", quantize="4bit")
 
 

@@ -28,7 +28,7 @@ class Method:
 
     @property
     def trains_base_weights(self) -> bool:
-        """Whether it updates the LLM blocks' linear weights themselves: the ones a quantized base holds in 4 / 8 bits."""
+        """Whether it updates the LLM blocks' linear weights: those a quantized base holds in 4 / 8 bits."""
         return self.llm_selection in ("all", "attn_qv", "mlp")
 
 

@@ -97,7 +97,8 @@ def load_model(
         compute_dtype = DTYPES.get(dtype, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
         if not torch.cuda.is_available():
             quantization.check_cpu_shapes(meta_model(config), quantize, quantize_vision)  # before the slow load
-        extra["quantization_config"] = quantization.quantization_config(config, quantize, compute_dtype, quantize_vision)
+        extra["quantization_config"] = quantization.quantization_config(config, quantize, compute_dtype,
+                                                                        quantize_vision)
         dtype = dtype if dtype in DTYPES else {torch.bfloat16: "bfloat16", torch.float32: "float32"}[compute_dtype]
     with loading(path, "the model", REBUILD):
         model = model_class.from_pretrained(

@@ -42,7 +42,8 @@ def modules_to_quantize(model: nn.Module, include_vision: bool = False) -> set[s
     from lntune.model.parts import locate_parts
 
     parts = locate_parts(model)
-    chosen = {id(module) for block in parts.blocks for module in block.module.modules() if isinstance(module, nn.Linear)}
+    chosen = {id(module) for block in parts.blocks for module in block.module.modules()
+              if isinstance(module, nn.Linear)}
     if include_vision:
         chosen |= {id(module) for module in parts.vision_encoder.modules() if isinstance(module, nn.Linear)}
     return {name for name, module in model.named_modules() if id(module) in chosen}
