@@ -231,7 +231,8 @@ def worker(args) -> dict:
     seconds, tokens = run(args, Path(args.model_dir), Path(args.data), Path(args.images), method, quantize, device)
     step = statistics.median(seconds)
     return {"row": args.row, "contender": args.contender, "step_seconds": step, "tokens_per_second": tokens / step,
-            "tokens_per_step": tokens, "supervised_per_step": SUPERVISED, "peak_memory_gib": _peak_memory_gib(device), "device": device}
+            "tokens_per_step": tokens, "supervised_per_step": SUPERVISED, "peak_memory_gib": _peak_memory_gib(device),
+            "device": device, "round": None}
 
 
 # ---- the harness ---------------------------------------------------------------------------------
@@ -253,6 +254,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--work", help="where the model and data are written (kept between runs); default: a temp dir")
     parser.add_argument("--json", help="also write every run's result here")
+    parser.add_argument("--malloc-trim", action="store_true", help="CPU: glibc hands freed memory back at once "
+                        "(MALLOC_MMAP_THRESHOLD_=65536, MALLOC_TRIM_THRESHOLD_=0), so that peak RSS is what a "
+                        "process used rather than what its heap kept after fragmentation")
     for hidden in ("--worker", "--row", "--contender", "--model-dir", "--data", "--images"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -273,24 +277,27 @@ def main() -> int:
                            "--model-dir", str(model_dir), "--data", str(data), "--images", str(images),
                            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
                            "--steps", str(args.steps), "--warmup", str(args.warmup)]
-                done = subprocess.run(command, capture_output=True, text=True,
-                                      env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
+                env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+                if args.malloc_trim:
+                    env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+                done = subprocess.run(command, capture_output=True, text=True, env=env)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode != 0 or not lines:
                     last = (done.stderr.strip().splitlines() or ["?"])[-1]
                     print(f"round {round_index + 1} {row} {contender}: failed: {last[:300]}", file=sys.stderr)
                     continue
-                results.append(json.loads(lines[-1][len("RESULT "):]))
+                results.append(dict(json.loads(lines[-1][len("RESULT "):]), round=round_index))
                 r = results[-1]
                 print(f"round {round_index + 1} {row:<22} {contender:<13} {r['step_seconds']:.3f} s/step "
                       f"{r['tokens_per_second']:,.0f} tokens/s {r['peak_memory_gib']:.2f} GiB", file=sys.stderr)
     device = results[0]["device"] if results else "?"
     supervised = next((r["supervised_per_step"] for r in results if r["supervised_per_step"]), None)
     memory = "peak RSS GiB" if device == "cpu" else "peak CUDA GiB"
+    precision = "fp32" if device == "cpu" else "bf16 autocast"
     print(f"preset {args.preset}{f' ({args.layers} LLM blocks)' if args.layers else ''}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens ({supervised} of them supervised), AdamW lr {LEARNING_RATE:g}, {'fp32' if device == 'cpu' else 'bf16 autocast'} on "
-          f"{device}; {args.rounds} rounds interleaved, each the median of {args.steps} steps after {args.warmup}; "
-          f"median [min, max] over rounds")
+          f"{args.seq_len} tokens ({supervised} of them supervised), AdamW lr {LEARNING_RATE:g}, {precision} on "
+          f"{device}{', malloc trim' if args.malloc_trim else ''}; {args.rounds} rounds interleaved, each the median "
+          f"of {args.steps} steps after {args.warmup}; median [min, max] over rounds")
     print(f"{'row':<22} {'contender':<13} {'s/step':>22} {'tokens/s':>26} {memory:>24}")
     for row in rows:
         for contender in CONTENDERS:
@@ -308,6 +315,10 @@ def main() -> int:
             memory_ratio = (statistics.median(r["peak_memory_gib"] for r in pair["lntune"])
                             / statistics.median(r["peak_memory_gib"] for r in pair["peft+trainer"]))
             print(f"{'':<22} {'lntune / peft':<13} {'':>22} {f'{speed:.2f}x':>26} {f'{memory_ratio:.2f}x':>24}")
+            # the two runs of one round ran back to back: their ratio is the least disturbed by a changing load
+            paired = [a["tokens_per_second"] / b["tokens_per_second"] for a in pair["lntune"] for b in pair["peft+trainer"]
+                      if a["round"] == b["round"]]
+            print(f"{'':<22} {'same round':<13} {'':>22} {'tokens/s ratios ' + ' '.join(f'{x:.2f}' for x in paired):>26}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
