@@ -3,7 +3,7 @@
 # (all 32 blocks, then 8 blocks of the same width so that `full` fits), then lntune's training tests on CUDA.
 # Each phase has its own time limit and writes into $OUT as it goes, so a cut-off run still returns what it did.
 #   OUT=/tmp/gpu-check bash bench/gpu_check.sh        # on a machine without a GPU it runs the small preset
-#   PHASES=tests bash bench/gpu_check.sh               # only the tests (PHASES: any of "bench tests")
+#   PHASES=tests bash bench/gpu_check.sh               # only the tests (PHASES: any of "bench memory tests")
 set -u
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -26,10 +26,25 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, keep the log, say 
     echo "== $name: exit $rc after $((SECONDS - started)) s"
     grep -v "^RESULT " "$OUT/$name.log" | tr '\r' '\n' | tail -n 14
 }
-PHASES=${PHASES:-bench tests}
+PHASES=${PHASES:-bench memory tests}
 if [[ " $PHASES " == *" bench "* ]]; then
 phase bench-32-blocks 240 $PYTHON bench/train_step.py $PRESET --json "$OUT/bench-32-blocks.json"
 phase bench-8-blocks 150 $PYTHON bench/train_step.py $PRESET --layers 8 --json "$OUT/bench-8-blocks.json"
+fi
+# lntune vs PEFT LN-tuning + HF Trainer at LLaMA-2-7B width (8 of 32 blocks: writing and loading the random model
+# then takes a quarter of the time), with 4-bit rows (lntune --quantize 4bit on CUDA end to end); and the loss
+# step's memory, full logits vs supervised positions only, at vocabularies 32K and 128K.
+if [[ " $PHASES " == *" memory "* ]]; then
+if command -v nvidia-smi >/dev/null; then
+    PEFT_PRESET="--preset llama-2-7b --layers 8 --seq-len 1024 --rounds 2 --steps 5 --warmup 2"
+    LOSS_PRESET="--batch-size 4 --seq-len 2048 --supervised 512 --hidden 4096 --steps 3"
+else
+    PEFT_PRESET="--rounds 1 --steps 1 --warmup 1 --rows layernorm"
+    LOSS_PRESET="--vocabularies 32000 --seq-len 256 --steps 1"
+fi
+phase loss-memory 150 $PYTHON bench/loss_memory.py $LOSS_PRESET --json "$OUT/loss-memory.json"
+phase peft-compare 480 $PYTHON bench/peft_compare.py $PEFT_PRESET --work "$OUT/peft-work" --json "$OUT/peft-compare.json"
+rm -rf "$OUT/peft-work"  # the random model: gigabytes, not a result
 fi
 # The single-process training tests, DeepSpeed's engine (zero2/zero3 with one process, bf16) included; the
 # 2-process ones need a GPU per process.

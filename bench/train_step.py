@@ -58,7 +58,7 @@ def worker(args) -> dict:
     from lntune.methods import apply_method
     from lntune.params import count_parameters
     from lntune.train.optim import make_optimizer
-    from lntune.train.trainer import _token_loss_sum
+    from lntune.train.loss import full_logits_loss_sum
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -94,7 +94,7 @@ def worker(args) -> dict:
         started = time.perf_counter()
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = model(**batch, use_cache=False).logits
-            loss = _token_loss_sum(logits, labels) / (labels[:, 1:] != -100).sum()
+            loss = full_logits_loss_sum(logits, labels) / (labels[:, 1:] != -100).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

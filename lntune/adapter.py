@@ -124,6 +124,11 @@ def save_adapter(model, out: str | Path, base_dir: str | Path, method: dict, sta
         "base_fingerprint": base_fingerprint,
         "tensors": {name: list(tensor.shape) for name, tensor in plain.items()},
     }
+    from lntune.model.quantize import quantization_of
+
+    if quantization_of(model) is not None:
+        # Trained on a quantized base; the tensors here are full precision and apply (merge) exactly to the real one.
+        manifest["base_quantization"] = quantization_of(model)
     if image_aspect_ratio is not None:
         manifest["image_aspect_ratio"] = image_aspect_ratio
     if prompt is not None:

@@ -96,6 +96,7 @@ STAGES = ("pretrain", "finetune")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant")
 DISTRIBUTED = ("ddp", "fsdp2", "zero2", "zero3")
+QUANTIZE_MODES = ("4bit", "8bit")
 
 
 @dataclass(frozen=True)
@@ -215,12 +216,26 @@ class TrainConfig:
     """Also write a full merged model/ (None: yes for pretrain, whose output the finetune stage starts from)."""
     grad_stats: bool = True
     """Log per-block gradient norms of the norm parameters (gradient-variance analysis)."""
+    quantize: str | None = None
+    """4bit (NF4) or 8bit (int8): hold the LLM blocks' frozen linear layers quantized through bitsandbytes (QLN /
+    QLoRA); norms, embeddings, output head and connector stay in full precision. layernorm, layernorm-simple, lora
+    and connector only; one process or ddp. None: full precision."""
+    quantize_vision: bool = False
+    """With quantize: the vision tower's linear layers too (it is always frozen)."""
 
     def __post_init__(self):
         _check_choice("stage", self.stage, STAGES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         _check_choice("distributed mode", self.distributed, DISTRIBUTED)
+        if self.quantize is not None:
+            _check_choice("train.quantize", self.quantize, QUANTIZE_MODES)
+            if self.distributed != "ddp":
+                # FSDP2 and ZeRO-3 would shard (and DeepSpeed re-cast) the weights bitsandbytes holds packed
+                raise LntuneError(f"train.quantize works on one process or with distributed ddp, not "
+                                  f"{self.distributed}; drop --quantize or use --distributed ddp")
+        elif self.quantize_vision:
+            raise LntuneError("train.quantize_vision needs train.quantize (4bit or 8bit)")
         if self.deepspeed_config and self.distributed not in ("zero2", "zero3"):
             raise LntuneError(f"deepspeed_config {self.deepspeed_config} needs distributed zero2 or zero3 "
                               f"(got {self.distributed})")
@@ -263,6 +278,10 @@ class RunConfig:
             )
         if not self.data.sources:
             raise LntuneError("no training data: give --data [TYPE=]PATH[:COUNT] (repeatable)")
+        if self.train.quantize is not None:
+            from lntune.methods.registry import refuse_quantized  # local: the registry imports this module's names
+
+            refuse_quantized(self.method.name, self.train.quantize)  # before anything is loaded
 
 
 def _check_choice(what: str, value, valid) -> None:

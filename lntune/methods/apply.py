@@ -15,7 +15,8 @@ from torch import nn
 from lntune.config import MethodConfig
 from lntune.errors import LntuneError
 from lntune.methods.lora import lora_parameters, wrap_with_lora
-from lntune.methods.registry import METHODS
+from lntune.methods.registry import METHODS, refuse_quantized
+from lntune.model.quantize import quantization_of
 from lntune.model.parts import ModelParts, locate_parts
 
 
@@ -85,6 +86,9 @@ def apply_method(model: nn.Module, config: MethodConfig | str) -> nn.Module:
         config = MethodConfig(name=config)
     method = METHODS[config.name]
     switches = resolved_switches(config)
+    quantization = quantization_of(model)
+    if quantization is not None:
+        refuse_quantized(config.name, quantization["mode"])
     if method.llm_selection == "lora":
         model = wrap_with_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     parts = locate_parts(model)

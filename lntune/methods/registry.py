@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
 
+from lntune.errors import LntuneError
+
 
 @dataclass(frozen=True)
 class Method:
@@ -29,6 +31,11 @@ class Method:
     default_lr: float
     """Starting-point learning rate. Norm gains need a far larger step than full finetuning's
     (PEFT's own LN-tuning benchmark learned nothing at 1e-4); tune it for your data."""
+
+    @property
+    def trains_base_weights(self) -> bool:
+        """Whether it updates the LLM blocks' linear weights: those a quantized base holds in 4 / 8 bits."""
+        return self.llm_selection in ("all", "attn_qv", "mlp")
 
 
 METHODS = {
@@ -54,3 +61,11 @@ METHODS = {
         "the connector only (stage 1; an ablation in stage 2)", llm_selection="none",
         connector=True, embeddings=False, output_head=False, final_norm=False, default_lr=2e-3),
 }
+
+
+def refuse_quantized(name: str, mode: str) -> None:
+    """The one-line refusal of a method that would train the weights `--quantize` holds quantized."""
+    if METHODS[name].trains_base_weights:
+        allowed = ", ".join(key for key, method in METHODS.items() if not method.trains_base_weights)
+        raise LntuneError(f"method {name} trains the LLM's linear weights, which --quantize {mode} holds quantized "
+                          f"(frozen); with --quantize use {allowed}, or train {name} without --quantize")

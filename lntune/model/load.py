@@ -78,11 +78,28 @@ def load_model(
     dtype: str = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
+    quantize_vision: bool = False,
 ):
-    """Load a Llava MLLM from a local directory with its real weights (eval mode off: train() as stored)."""
+    """Load a Llava MLLM from a local directory with its real weights (eval mode off: train() as stored).
+
+    quantize: `4bit` (NF4) or `8bit` (int8) stores the LLM blocks' linear layers (and the vision tower's with
+    quantize_vision) quantized through bitsandbytes, computing in `dtype` (lntune.model.quantize). On CUDA the model
+    then loads onto the current device; `device` is ignored."""
     path = Path(path).expanduser()
     config = load_llava_config(path, trust_remote_code)
     model_class = model_class_for(config)
+    extra = {}
+    if quantize is not None:
+        from lntune.model import quantize as quantization
+
+        quantization.require_bitsandbytes()
+        compute_dtype = DTYPES.get(dtype, torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        if not torch.cuda.is_available():
+            quantization.check_cpu_shapes(meta_model(config), quantize, quantize_vision)  # before the slow load
+        extra["quantization_config"] = quantization.quantization_config(config, quantize, compute_dtype,
+                                                                        quantize_vision)
+        dtype = dtype if dtype in DTYPES else {torch.bfloat16: "bfloat16", torch.float32: "float32"}[compute_dtype]
     with loading(path, "the model", REBUILD):
         model = model_class.from_pretrained(
             str(path),
@@ -90,8 +107,12 @@ def load_model(
             dtype=torch_dtype(dtype),
             local_files_only=True,
             trust_remote_code=trust_remote_code,
+            **extra,
         )
-    if device is not None:
+    if quantize is not None:
+        quantization.check_quantized(model, quantize, quantize_vision)
+        model.lntune_quantization = quantization.describe(quantize, quantize_vision)
+    elif device is not None:
         model.to(device)
     return model
 

@@ -33,6 +33,7 @@ from lntune.model.parts import unwrap
 from lntune.train.backends import Backend, create_backend
 from lntune.train.checkpoint import load_checkpoint, save_checkpoint, select_checkpoint
 from lntune.train.logger import MetricsLogger, truncate_jsonl
+from lntune.train.loss import SupervisedLossHead
 from lntune.train.optim import base_learning_rate, make_optimizer, make_scheduler
 from lntune.train.run_dir import check_inputs, plan_run_dir, start_run_dir
 from lntune.train.sampler import StepBatchSampler, resolve_grad_accum
@@ -67,13 +68,6 @@ def _next_batch(batches):
             message = message.strip().splitlines()[-1].removeprefix("lntune.errors.LntuneError: ")
             raise LntuneError(message) from None
         raise
-
-
-def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over supervised positions. logits [B, T, V], labels [B, T]."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
-    )
 
 
 def _say_on_stderr(message: str) -> None:
@@ -186,7 +180,9 @@ def _setup(config: RunConfig, train_config: TrainConfig, mixture, backend: Backe
 
 def _trainable_model(config: RunConfig, backend: Backend):
     """The model with the method applied, trainable parameters in fp32, ready for the backend's optimizer."""
-    model = load_model(config.model, dtype=backend.model_dtype())
+    # QLN / QLoRA: the blocks' frozen linear layers in 4 / 8 bits (lntune.model.quantize)
+    model = load_model(config.model, dtype=backend.model_dtype(), quantize=config.train.quantize,
+                       quantize_vision=config.train.quantize_vision)
     model = apply_method(model, config.method)
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
@@ -224,9 +220,12 @@ def _loop(run: _Run, backend: Backend) -> None:
     progress = tqdm(total=run.total_steps, initial=run.start_step, disable=not backend.is_main, desc="train",
                     unit="step", dynamic_ncols=True)
     batches = iter(run.loader)
+    # The output head computes the loss at supervised positions only, chunk by chunk (lntune.train.loss): no
+    # [B, T, vocab] logits. remove() below gives it its own forward back before the adapter is written.
+    loss_head = SupervisedLossHead.install(backend.model)
     try:
         for step in range(run.start_step + 1, run.total_steps + 1):
-            measured, gradient_record = _train_step(run, backend, batches)
+            measured, gradient_record = _train_step(run, backend, batches, loss_head)
             progress.update(1)
             progress.set_postfix(loss=f"{measured['loss']:.4f}")
             if step % train_config.log_every == 0 or step == run.total_steps:
@@ -242,11 +241,12 @@ def _loop(run: _Run, backend: Backend) -> None:
             if train_config.save_every and step % train_config.save_every == 0 and step < run.total_steps:
                 save_checkpoint(backend, run.run_dir, step, {"counters": run.counters}, train_config.keep_checkpoints)
     finally:
+        loss_head.remove()  # a plain head again
         progress.close()
         logger.close()
 
 
-def _train_step(run: _Run, backend: Backend, batches) -> tuple[dict, dict]:
+def _train_step(run: _Run, backend: Backend, batches, loss_head: SupervisedLossHead) -> tuple[dict, dict]:
     """One optimizer step over one global batch: (what the metrics log records, the norm gradient norms)."""
     accelerator, world, counters = backend.accelerator, backend.world, run.counters
 
@@ -265,8 +265,8 @@ def _train_step(run: _Run, backend: Backend, batches) -> tuple[dict, dict]:
         seen_tokens += int(inputs["attention_mask"].sum())
         last = index == len(micro_batches) - 1
         with backend.no_sync(last), accelerator.autocast():
-            logits = backend.model(**inputs, use_cache=False).logits
-            loss_sum = _token_loss_sum(logits, labels)
+            loss_head.set_labels(labels)  # read by the head inside this forward
+            loss_sum = backend.model(**inputs, use_cache=False).logits.sum()  # `logits`: per-position losses [N]
             # Gradients are averaged over processes; scaling by world makes the result the gradient of
             # (sum of token losses / supervised tokens in the global batch).
             loss = loss_sum * world / max(global_tokens, 1)
