@@ -56,7 +56,7 @@ def _words(count: int, seed: int) -> list[str]:
 def _tokenizer(vocabulary: int):
     """A byte-level BPE tokenizer with exactly vocabulary - 1 entries (the build adds <image>), trained on random
     words; topped up with unused added tokens if the corpus runs out of merges."""
-    from lntune.demo.backbones import build_tokenizer
+    from lntune.demo.tokenizer import build_tokenizer
 
     words = _words(60_000, seed=1)
     corpus = [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]

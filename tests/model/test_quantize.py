@@ -28,7 +28,7 @@ def model64(tmp_path_factory):
     """A tiny Llama + CLIP MLLM whose linear layers are all 64 or 128 wide: bitsandbytes' CPU 4-bit kernels need
     rows of whole 64-weight blocks (the shared fixtures are 32 wide; see test_cpu_4bit_refuses_widths_...)."""
     from lntune.config import BuildConfig
-    from lntune.demo.backbones import write_tiny_llm, write_tiny_vision
+    from tests.backbones import write_tiny_llm, write_tiny_vision
     from lntune.model.build import build_mllm
 
     root = tmp_path_factory.mktemp("model64")

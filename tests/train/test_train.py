@@ -171,7 +171,7 @@ def test_gradient_checkpointing_gives_the_same_weights(built_model, data, tmp_pa
 
 def test_bf16_mixed_precision_runs(built_model, data, tmp_path, monkeypatch):
     """precision bf16: the frozen weights are loaded in bf16, the trained ones kept in fp32, and the forward runs in
-    bf16 (the logits the loss is taken from are bf16); the losses stay finite."""
+    bf16 (a block's MLP computes in bf16); the losses stay finite."""
     import lntune.train.trainer as trainer
 
     seen = {}
@@ -181,18 +181,18 @@ def test_bf16_mixed_precision_runs(built_model, data, tmp_path, monkeypatch):
         model = load_model_as_trainer_does(*args, **kwargs)
 
         def record(module, inputs, output):
-            seen.setdefault("logits", output.dtype)
+            seen.setdefault("block_mlp", output.dtype)
             seen.setdefault("frozen", {p.dtype for p in model.model.vision_tower.parameters()})
             seen.setdefault("trained", {p.dtype for p in model.parameters() if p.requires_grad})
 
-        model.lm_head.register_forward_hook(record)
+        model.model.language_model.layers[0].mlp.register_forward_hook(record)
         return model
 
     monkeypatch.setattr(trainer, "load_model", load_and_watch)
     run = train(run_config(built_model(), tmp_path / "run", data, precision="bf16"), say=lambda m: None)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(loss == loss and loss > 0 for loss in losses)
-    assert seen == {"logits": torch.bfloat16, "frozen": {torch.bfloat16}, "trained": {torch.float32}}
+    assert seen == {"block_mlp": torch.bfloat16, "frozen": {torch.bfloat16}, "trained": {torch.float32}}
 
 
 def test_existing_run_dir_needs_resume(built_model, data, tmp_path):
