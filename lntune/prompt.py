@@ -268,3 +268,16 @@ class PromptBuilder:
                 expanded_labels.append(label)
         return expanded_ids, expanded_labels
 
+
+RECORDABLE_TEMPLATES = ("vicuna_v1", "llama_2", "plain", "tokenizer")
+"""Template names a trained adapter may record for evaluation, chat and serving to take up (a caller's own Jinja
+source, "custom", cannot be)."""
+
+
+def recorded_prompt(recorded) -> tuple[str, str | None]:
+    """(template, system) from what finetuning recorded (an adapter manifest's `prompt`, a merged model's
+    `lntune_prompt`): ("auto", None) where nothing usable was recorded."""
+    if not isinstance(recorded, dict):
+        return "auto", None
+    template = recorded.get("template")
+    return (template if template in RECORDABLE_TEMPLATES else "auto"), recorded.get("system")

@@ -134,6 +134,10 @@ def load_image(image_folder: str | Path, relative: str, where: str, max_pixels: 
 
 # ---- aspect ratio -----------------------------------------------------------------------------------
 
+EVALUATION_ASPECT_RATIO = "pad"
+"""What evaluation, chat and serving use for a model that records no aspect ratio: LLaVA-1.5 evaluates with pad."""
+
+
 def resolve_aspect_ratio(setting: str, stage: str) -> str:
     """`auto` -> what LLaVA-1.5 does in `stage`: crop in pretrain (no aspect ratio set), pad in finetune."""
     if setting == "auto":

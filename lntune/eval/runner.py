@@ -18,9 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from lntune.data.images import DEFAULT_MAX_PIXELS, apply_aspect_ratio, confine, open_image, recorded_aspect_ratio
+from lntune.data.images import (
+    DEFAULT_MAX_PIXELS, EVALUATION_ASPECT_RATIO, apply_aspect_ratio, confine, open_image, recorded_aspect_ratio,
+)
 from lntune.errors import LntuneError
 from lntune.eval.benchmarks import get_benchmark
+from lntune.prompt import recorded_prompt
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
@@ -86,9 +89,6 @@ def select_subset(items, limit: int | None, group_of=None):
     return [item for item, key in zip(items, keys) if key in chosen]
 
 
-EVALUATION_DEFAULT_ASPECT_RATIO = "pad"
-RECORDABLE_TEMPLATES = ("vicuna_v1", "llama_2", "plain", "tokenizer")
-"""Recorded template names evaluation can take up (a caller's own Jinja source, "custom", cannot be)."""
 """For a model that records none (a built model, another tool's checkpoint): LLaVA-1.5's evaluation setting."""
 
 
@@ -112,7 +112,7 @@ def evaluation_aspect_ratio(model_dir, adapter=None, override: str | None = None
                                       str(config_path))
         if value is not None:
             return value, str(config_path)
-    return EVALUATION_DEFAULT_ASPECT_RATIO, "default (nothing recorded; LLaVA-1.5 evaluates with pad)"
+    return EVALUATION_ASPECT_RATIO, "default (nothing recorded; LLaVA-1.5 evaluates with pad)"
 
 
 def evaluation_prompt(model_dir, adapter=None, template: str = "auto", system: str | None = None) -> tuple[str, str | None]:
@@ -129,13 +129,8 @@ def evaluation_prompt(model_dir, adapter=None, template: str = "auto", system: s
         config_path = Path(model_dir).expanduser() / "config.json"
         if config_path.is_file():
             recorded = read_json_object(config_path, "rebuild or re-copy the model").get("lntune_prompt")
-    if not isinstance(recorded, dict):
-        return template, system
-    if template == "auto" and recorded.get("template") in RECORDABLE_TEMPLATES:
-        template = recorded["template"]
-    if system is None:
-        system = recorded.get("system")
-    return template, system
+    recorded_template, recorded_system = recorded_prompt(recorded)
+    return (recorded_template if template == "auto" else template), (recorded_system if system is None else system)
 
 
 def _image_folders(data: Path, images: Path | None) -> list[Path]:
@@ -170,7 +165,7 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
         (image_aspect_ratio, "argument") if image_aspect_ratio is not None
         else (getattr(generator, "image_aspect_ratio", None), getattr(generator, "image_aspect_ratio_source", None)))
     if aspect_ratio is None:
-        aspect_ratio, aspect_ratio_source = EVALUATION_DEFAULT_ASPECT_RATIO, "default"
+        aspect_ratio, aspect_ratio_source = EVALUATION_ASPECT_RATIO, "default"
     aspect_ratio = recorded_aspect_ratio(aspect_ratio, "the image aspect ratio")
     # Every image path is checked before anything is answered: an escaping path stops the run, naming the item.
     folders = _image_folders(data, images)

@@ -25,20 +25,17 @@ import torch
 from torch import nn
 
 from lntune.adapter import TRAINABLE_FILE, check_adapter, fingerprint
-from lntune.data.images import recorded_aspect_ratio
+from lntune.data.images import EVALUATION_ASPECT_RATIO, recorded_aspect_ratio
 from lntune.errors import LntuneError
 from lntune.files import REBUILD, RETRAIN, load_safetensors, read_json_object
 from lntune.model.parts import is_norm, locate_parts
+from lntune.prompt import recorded_prompt
 from lntune.serve.errors import ServeError
 from lntune.serve.grouped import GroupedModule
 from lntune.serve.norm_bank import BankedNorm, find_formula
 from lntune.serve.rows import BASE_ROW, RowSelection
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RECORDABLE_TEMPLATES = ("vicuna_v1", "llama_2", "plain", "tokenizer")
-"""Templates a manifest's `prompt` may name (as `lntune eval` accepts them)."""
-DEFAULT_ASPECT_RATIO = "pad"
-"""LLaVA-1.5 evaluates with pad; what a model that records nothing gets (as in `lntune eval`)."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +63,6 @@ class ServedModel:
                 "method": self.method, "stage": self.stage, "base_fingerprint": self.base_fingerprint,
                 "tensors": self.tensors, "parameters": self.parameters, "size_bytes": self.size_bytes,
                 "template": self.template, "image_aspect_ratio": self.image_aspect_ratio}
-
-
-def prompt_settings(recorded) -> tuple[str, str | None]:
-    """(template, system) from what finetuning recorded (an adapter's `prompt`, a merged model's `lntune_prompt`)."""
-    if not isinstance(recorded, dict):
-        return "auto", None
-    template = recorded.get("template") if recorded.get("template") in RECORDABLE_TEMPLATES else "auto"
-    return template, recorded.get("system")
 
 
 def _module_path(root: nn.Module, target: nn.Module) -> str:
@@ -123,12 +112,12 @@ class AdapterSet:
         self.grouped: dict[str, GroupedModule] = {}
         self.base_fingerprint = fingerprint(self.model_dir)
         config = read_json_object(self.model_dir / "config.json", REBUILD)
-        template, system = prompt_settings(config.get("lntune_prompt"))
+        template, system = recorded_prompt(config.get("lntune_prompt"))
         aspect_ratio = recorded_aspect_ratio(config.get("image_aspect_ratio"), str(self.model_dir / "config.json"))
         self.base = ServedModel(
             name=name or self.model_dir.resolve().name, kind="base", row=BASE_ROW, method=None, stage=None,
             path=str(self.model_dir.resolve()), base_fingerprint=self.base_fingerprint, tensors=0, parameters=0,
-            size_bytes=0, template=template, system=system, image_aspect_ratio=aspect_ratio or DEFAULT_ASPECT_RATIO)
+            size_bytes=0, template=template, system=system, image_aspect_ratio=aspect_ratio or EVALUATION_ASPECT_RATIO)
         self.adapters: dict[str, ServedModel] = {}
         self._free_rows: list[int] = []
         self._next_row = BASE_ROW + 1
@@ -180,7 +169,7 @@ class AdapterSet:
         except Exception as error:
             raise ServeError(str(error), 400, "path") from None
         placements = self._placements(tensors, adapter_dir)
-        template, system = prompt_settings(manifest.get("prompt"))
+        template, system = recorded_prompt(manifest.get("prompt"))
         method = manifest.get("method")
         with self.lock:
             if name == self.base.name or name in self.adapters:
