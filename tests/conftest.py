@@ -14,7 +14,9 @@ import socket  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker keeps to one core: two workers
+# of two OpenMP threads each would fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 from lntune.cli import deepspeed_logs_to_stderr  # noqa: E402
 

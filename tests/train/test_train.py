@@ -301,7 +301,7 @@ def _cli_train(model_dir, data, out, *extra):
 @pytest.mark.slow
 def test_resume_after_kill_reaches_the_same_weights(built_model, data, tmp_path):
     model_dir = built_model()
-    args = ["--max-steps", "60", "--batch-size", "2", "--save-every", "5", "--method", "lora", "--lr", "0.01",
+    args = ["--max-steps", "30", "--batch-size", "2", "--save-every", "5", "--method", "lora", "--lr", "0.01",
             "--lora-dropout", "0.1"]  # dropout: the RNG state must be restored too
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     subprocess.run(_cli_train(model_dir, data, tmp_path / "straight", *args), check=True, env=env, capture_output=True, timeout=600)
@@ -326,7 +326,7 @@ def test_resume_after_kill_reaches_the_same_weights(built_model, data, tmp_path)
         assert straight.keys() == resumed.keys()
         assert all(torch.equal(straight[key], resumed[key]) for key in straight)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 31))
 
 
 @pytest.mark.slow
@@ -338,8 +338,7 @@ def test_two_processes_match_one(built_model, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["--max-steps", "3", "--method", "layernorm", "--lr", "0.01", "--save-every", "0",
               "--global-batch-size", "4", "--group-by-modality-length"]
-    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2"),
-                   check=True, env=env, capture_output=True, timeout=600)
+    assert main(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2")[3:]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     # One sample per micro-batch: whole global batches are text-only, so the vision placeholder row is what keeps
     # DDP's gradient buckets in step (no find_unused_parameters).
@@ -378,21 +377,34 @@ def _resume_from_step_2(run_dir, command, env):
     return load_file(str(crashed / "adapter" / "trainable.safetensors"))
 
 
-@pytest.mark.slow
-def test_fsdp2_two_processes_match_one_and_resume(built_model, tmp_path):
+# What the sharded runs below train, and the one-process run they must equal (global batch 4 either way).
+SHARDED_COMMON = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01", "--max-grad-norm", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(built_model, tmp_path_factory):
+    """The sharded tests' reference: one process, batch 2 x 2 accumulation, trained in this process (a subprocess
+    per test would only add its start-up). Returns (model, data, run directory)."""
     model_dir = built_model()
+    root = tmp_path_factory.mktemp("one-process")
     # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
-    data = write_llava_data(tmp_path / "data", count=16, text_only=4)
+    data = write_llava_data(root / "data", count=16, text_only=4)
+    command = _cli_train(model_dir, data, root / "one", *SHARDED_COMMON, "--batch-size", "2", "--grad-accum", "2",
+                         "--save-every", "0")
+    assert main(command[3:]) == 0  # without `python -m lntune`
+    return model_dir, data, root / "one"
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one_and_resume(one_process_run, tmp_path):
+    model_dir, data, one_run = one_process_run
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
-    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
-                              "--save-every", "0"), check=True, env=env, capture_output=True, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *common, "--batch-size", "1", "--grad-accum", "2",
-                              "--save-every", "2", "train.distributed=fsdp2")[1:]
+    sharded_args = _cli_train(model_dir, data, tmp_path / "fsdp", *SHARDED_COMMON, "--batch-size", "1",
+                              "--grad-accum", "2", "--save-every", "2", "train.distributed=fsdp2")[1:]
     result = _torchrun(torchrun + sharded_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
-    one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
+    one = load_file(str(one_run / "adapter" / "trainable.safetensors"))
     sharded = load_file(str(tmp_path / "fsdp" / "adapter" / "trainable.safetensors"))
     assert one.keys() == sharded.keys()
     for name in one:
@@ -510,33 +522,28 @@ def test_deepspeed_config_file_offloads_and_is_checked(built_model, data, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zero2", "zero3"])
-def test_deepspeed_two_processes_match_one_and_resume(built_model, tmp_path, mode):
+def test_deepspeed_two_processes_match_one_and_resume(one_process_run, tmp_path, mode):
     """DeepSpeed ZeRO on 2 CPU processes (gloo): the same weights as one process with the same global batch, and a
     resume from its partitioned checkpoint ends where the uninterrupted run did."""
     pytest.importorskip("deepspeed")
 
-    model_dir = built_model()
-    # Text-only samples and one sample per micro-batch: some micro-batches have no image (the placeholder row).
-    data = write_llava_data(tmp_path / "data", count=16, text_only=4)
+    model_dir, data, one_run = one_process_run
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    common = ["--max-steps", "4", "--method", "layernorm", "--lr", "0.01"]
-    subprocess.run(_cli_train(model_dir, data, tmp_path / "one", *common, "--batch-size", "2", "--grad-accum", "2",
-                              "--save-every", "0", "train.max_grad_norm=0.5"), check=True, env=env, capture_output=True,
-                   timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    zero_args = _cli_train(model_dir, data, tmp_path / "zero", *common, "--batch-size", "1", "--grad-accum", "2",
-                           "--save-every", "2", "--max-grad-norm", "0.5", "--distributed", mode)[1:]
+    zero_args = _cli_train(model_dir, data, tmp_path / "zero", *SHARDED_COMMON, "--batch-size", "1", "--grad-accum",
+                           "2", "--save-every", "2", "--distributed", mode)[1:]
     result = _torchrun(torchrun + zero_args, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"with DeepSpeed ZeRO-{mode[-1]}" in result.stderr
-    one = load_file(str(tmp_path / "one" / "adapter" / "trainable.safetensors"))
+    one = load_file(str(one_run / "adapter" / "trainable.safetensors"))
     sharded = load_file(str(tmp_path / "zero" / "adapter" / "trainable.safetensors"))
     assert one.keys() == sharded.keys()
     for name in one:
         torch.testing.assert_close(sharded[name], one[name], rtol=0, atol=2e-6)
     # the norms' gradient statistics are the whole (accumulated, averaged) gradients, as in one process
     for file in ("metrics.jsonl", "grad_stats.jsonl"):
-        lines = [[json.loads(line) for line in (tmp_path / run / file).read_text().splitlines()] for run in ("one", "zero")]
+        lines = [[json.loads(line) for line in (run / file).read_text().splitlines()]
+                 for run in (one_run, tmp_path / "zero")]
         assert [r["step"] for r in lines[0]] == [r["step"] for r in lines[1]] == [1, 2, 3, 4]
     for ours, theirs in zip(*lines):
         assert ours["norm_grad_norm"] == pytest.approx(theirs["norm_grad_norm"], rel=1e-4)
