@@ -10,12 +10,14 @@ from pathlib import Path
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from lntune.config import DTYPE_NAMES
 from lntune.errors import LntuneError
 from lntune.files import REBUILD, loading
 from lntune.model.connector import is_stock, make_connector
 from lntune.model.sources import check_remote_code, read_config_dict
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The names are config.DTYPE_NAMES (what --dtype accepts); each is the torch dtype of that name.
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES if name != "auto"}
 
 
 class LntuneLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -35,7 +37,7 @@ def torch_dtype(name: str):
     if name == "auto":
         return "auto"
     if name not in DTYPES:
-        raise LntuneError(f"unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
+        raise LntuneError(f"unknown dtype {name!r}; valid: {', '.join(DTYPE_NAMES)}")
     return DTYPES[name]
 
 
