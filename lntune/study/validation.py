@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from lntune.config import DataConfig, DataSource
+from lntune.config import DataConfig, DataSource, config_to_dict
 from lntune.errors import LntuneError
 from lntune.study.config import CompareConfig
 
@@ -26,52 +26,36 @@ VALIDATION_FILE = "validation.json"
 """What a run folder records of its validation loss (keyed by the split's file)."""
 
 
-def validation_split(config: CompareConfig, paths: dict, out: Path) -> dict[str, Path]:
-    """{"validation", "validation_images", and for a held-out draw "instructions" (the rest)} to add to `paths`."""
-    settings = config.validation
+def validation_paths(config: CompareConfig, paths: dict, out: Path) -> dict[str, Path]:
+    """{"validation", "validation_images"} (and for a held-out draw "instructions": the rest) to put over `paths`;
+    nothing is written (make_validation_split writes them), so every run can be planned first."""
     if "validation" in paths:  # the user's own split
         return {"validation": Path(paths["validation"]),
                 "validation_images": Path(paths.get("validation_images", paths["train_images"]))}
     folder = out / "validation"
     if config.world == "tiny":
+        return {"validation": folder / VALIDATION_FILE, "validation_images": folder / "images"}
+    return {"validation": folder / VALIDATION_FILE, "validation_images": Path(paths["train_images"]),
+            "instructions": folder / "train.json"}
+
+
+def make_validation_split(config: CompareConfig, paths: dict, out: Path) -> None:
+    """Write the split validation_paths named (nothing when the user gave one); `paths` are the world's / config's,
+    before validation_paths' are put over them."""
+    if "validation" in paths:
+        return
+    folder = out / "validation"
+    settings = config.validation
+    if config.world == "tiny":
         from lntune.demo.files import write_validation
 
-        data = folder / VALIDATION_FILE
         marker = folder / "complete.json"
         wanted = {"world_seed": config.seed, "samples": settings.samples}
         if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
             write_validation(folder, config.seed, settings.samples)
             marker.write_text(json.dumps(wanted))
-        return {"validation": data, "validation_images": folder / "images"}
-    return _held_out(Path(paths["instructions"]), folder, settings.samples, settings.seed) | {
-        "validation_images": Path(paths["train_images"])}
-
-
-def _held_out(instructions: Path, folder: Path, samples: int, seed: int) -> dict[str, Path]:
-    """A seeded draw of `samples` records held out of `instructions`: validation.json and train.json (the rest)."""
-    from lntune.files import read_text
-
-    text = read_text(instructions, "the instruction data the validation split is drawn from")
-    try:
-        records = ([json.loads(line) for line in text.splitlines() if line.strip()] if instructions.suffix == ".jsonl"
-                   else json.loads(text))
-    except json.JSONDecodeError as error:
-        raise LntuneError(f"{instructions}: invalid JSON ({error}); `lntune data check` says where") from None
-    if not isinstance(records, list):
-        raise LntuneError(f"{instructions}: not a list of LLaVA records")
-    if samples >= len(records):
-        raise LntuneError(f"validation.samples is {samples}, but {instructions} has only {len(records)} records; "
-                          "hold out fewer, or give paths.validation")
-    held = set(random.Random(f"validation:{seed}").sample(range(len(records)), samples))
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"validation": folder / VALIDATION_FILE, "instructions": folder / "train.json"}
-    contents = {"validation": [r for i, r in enumerate(records) if i in held],
-                "instructions": [r for i, r in enumerate(records) if i not in held]}
-    for name, path in files.items():
-        text = json.dumps(contents[name])
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
-    return files
+        return
+    _held_out(Path(paths["instructions"]), folder, settings.samples, settings.seed)
 
 
 def validation_data(run_data: DataConfig, split: Path, images: Path) -> DataConfig:
@@ -91,7 +75,7 @@ def validation_loss(run: Path, model: str, data: DataConfig, batch_size: int) ->
     from lntune.train.loss import SupervisedLossHead
 
     cache = run / VALIDATION_FILE
-    key = {"data": json.loads(json.dumps(data.__dict__, default=list))}
+    key = {"data": config_to_dict(data), "model": str(model)}
     if cache.is_file():
         recorded = json.loads(cache.read_text())
         if recorded.get("key") == key:
