@@ -87,11 +87,6 @@ class ValidationSettings:
     batch_size: int = 16
     """Forward-pass batch size of the validation loss."""
 
-    def __post_init__(self):
-        if self.samples < 1 or self.batch_size < 1:
-            raise LntuneError(f"validation.samples and validation.batch_size must be >= 1, got {self.samples} "
-                              f"and {self.batch_size}")
-
 
 @dataclass(frozen=True)
 class BootstrapSettings:
@@ -103,10 +98,6 @@ class BootstrapSettings:
     """Resamples of (seeds, evaluation items)."""
     seed: int = 0
     """The resamples' random draw: the same seed, the same intervals."""
-
-    def __post_init__(self):
-        if self.resamples < 10:
-            raise LntuneError(f"bootstrap.resamples must be >= 10, got {self.resamples}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +164,11 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     for seed in config.seeds:
         if not 0 <= seed < 2**32:
             raise LntuneError(f"{path}: seeds: {seed} is not in [0, 2**32)")
+    for key, value, lowest in (("validation.samples", config.validation.samples, 1),
+                               ("validation.batch_size", config.validation.batch_size, 1),
+                               ("bootstrap.resamples", config.bootstrap.resamples, 10)):
+        if value < lowest:
+            raise LntuneError(f"{path}: {key} must be >= {lowest}, got {value}")
     if config.gallery < 0:
         raise LntuneError(f"{path}: gallery must be >= 0, got {config.gallery}")
     if config.world not in WORLDS:

@@ -58,6 +58,31 @@ def make_validation_split(config: CompareConfig, paths: dict, out: Path) -> None
     _held_out(Path(paths["instructions"]), folder, settings.samples, settings.seed)
 
 
+def _held_out(instructions: Path, folder: Path, samples: int, seed: int) -> None:
+    """A seeded draw of `samples` records held out of `instructions`: validation.json, and train.json (the rest)."""
+    from lntune.files import read_text
+
+    text = read_text(instructions, "the instruction data the validation split is drawn from")
+    try:
+        records = ([json.loads(line) for line in text.splitlines() if line.strip()] if instructions.suffix == ".jsonl"
+                   else json.loads(text))
+    except json.JSONDecodeError as error:
+        raise LntuneError(f"{instructions}: invalid JSON ({error}); `lntune data check` says where") from None
+    if not isinstance(records, list):
+        raise LntuneError(f"{instructions}: not a list of LLaVA records")
+    if samples >= len(records):
+        raise LntuneError(f"validation.samples is {samples}, but {instructions} has only {len(records)} records; "
+                          "hold out fewer, or give paths.validation")
+    held = set(random.Random(f"validation:{seed}").sample(range(len(records)), samples))
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {VALIDATION_FILE: [r for i, r in enumerate(records) if i in held],
+                "train.json": [r for i, r in enumerate(records) if i not in held]}
+    for name, part in contents.items():
+        text = json.dumps(part)
+        if not (folder / name).is_file() or (folder / name).read_text() != text:  # rewritten only when it changed
+            (folder / name).write_text(text)
+
+
 def validation_data(run_data: DataConfig, split: Path, images: Path) -> DataConfig:
     """The run's own data settings (template, type filter, lengths) on the validation split."""
     return replace(run_data, sources=(DataSource(str(split)),), image_folder=str(images), skip_invalid=False)
