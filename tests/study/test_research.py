@@ -268,7 +268,7 @@ def test_research_compare_smoke(tmp_path, monkeypatch):
     config.write_text(
         "world: tiny\nworld_size: {train_scenes: 24, text_scenes: 40, eval_images: 4}\n"
         "backbones: {llm_steps: 3, vision_steps: 3}\n"
-        "budget: {stage1_steps: 2, stage2_steps: 2, batch_size: 4, eval_batch_size: 8}\n"
+        "budget: {stage1_steps: 2, stage2_steps: 2, batch_size: 4, eval_batch_size: 8, eval_limit: 8}\n"
         "benches: [vqav2, pope, coco, mme]\nseeds: [0, 1]\nlr_search: {layernorm: [1.0e-3, 1.0e-2]}\n"
         "validation: {samples: 6}\nbootstrap: {resamples: 50}\ngallery: 2\n"
         "studies:\n  m:\n    title: Methods\n    analysis: false\n    runs:\n"
