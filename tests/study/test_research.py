@@ -291,3 +291,14 @@ def test_research_compare_smoke(tmp_path, monkeypatch):
                               ("coco", "CIDEr_x100", 1)):
         metrics = json.loads((evaluation / bench / "metrics.json").read_text())["metrics"]
         assert item_table(bench, evaluation / bench).score() == pytest.approx(scale * metrics[key], abs=0.01)
+
+
+def test_a_search_where_every_rate_diverges_stops(tmp_path, monkeypatch):
+    import lntune.study.validation as validation
+
+    world = _fake_world(tmp_path, monkeypatch, FakeTraining())
+    monkeypatch.setattr(validation, "validation_loss", lambda *args: float("inf"))
+    config = _write(tmp_path, world + STUDY)
+    with pytest.raises(LntuneError, match=r"study 's', run 'a': every learning rate searched \(0.0001, 0.001\) "
+                                          "diverged .*; search lower rates"):
+        run_compare(config, out=str(tmp_path / "out"))
