@@ -126,6 +126,9 @@ def validation_loss(run: Path, model: str, data: DataConfig, batch_size: int) ->
                 tokens += int(losses.numel())
     finally:
         head.remove()
+        del model_module  # before the next run's model loads (a 7B one is GBs)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if tokens == 0:
         raise LntuneError(f"the validation split {data.sources[0].path} has no supervised tokens for this run "
                           f"(type filter {data.types}); give samples of the types it trains on")
