@@ -83,15 +83,42 @@ def write_training_data(root: Path, size: WorldSize, seed: int) -> dict[str, Pat
         _image(scene, root / "images" / name)
         captions.append({"id": f"cap-{index}", "image": name, "conversations": _turns(
             [(rng.choice(CAPTION_PROMPTS), caption(scene, rng))], IMAGE_TOKEN + "\n")})
-        for kind, make in SAMPLE_TYPES.items():
-            pairs = _short(make(scene, rng), rng) if kind == "conversation" else make(scene, rng)
-            if kind == "conversation" and rng.random() < 0.3:
-                # Short captions in some conversations (as LLaVA-1.5's mix has COCO captions), so stage 2 keeps captioning.
-                pairs.append((rng.choice(CAPTION_PROMPTS), caption(scene, rng)))
-            instructions.append({"id": f"{kind}-{index}", "image": name, "type": kind,
-                                 "conversations": _turns(pairs, IMAGE_TOKEN + "\n")})
+        instructions += _instruction_records(scene, rng, str(index), name)
     return {"captions": _write_json(root / "pretrain_captions.json", captions),
             "instructions": _write_json(root / "instruct.json", instructions)}
+
+
+def _instruction_records(scene, rng: random.Random, index: str, image: str) -> list[dict]:
+    """One stage-2 sample of each type about `scene` (its image at `image`)."""
+    records = []
+    for kind, make in SAMPLE_TYPES.items():
+        pairs = _short(make(scene, rng), rng) if kind == "conversation" else make(scene, rng)
+        if kind == "conversation" and rng.random() < 0.3:
+            # Short captions in some conversations (as LLaVA-1.5's mix has COCO captions), so stage 2 keeps captioning.
+            pairs.append((rng.choice(CAPTION_PROMPTS), caption(scene, rng)))
+        records.append({"id": f"{kind}-{index}", "image": image, "type": kind,
+                        "conversations": _turns(pairs, IMAGE_TOKEN + "\n")})
+    return records
+
+
+VALIDATION_SEED_OFFSET = 2_000_000
+
+
+def write_validation(root: Path, seed: int, samples: int) -> Path:
+    """`samples` stage-2 samples of the training distribution from scenes of their own (a seed range no training or
+    evaluation scene comes from): the validation split `lntune compare` chooses learning rates on. Images under
+    root/images."""
+    records = []
+    index = 0
+    while len(records) < samples:
+        scene = make_scene(seed * 7919 + VALIDATION_SEED_OFFSET + index)
+        rng = random.Random(scene.seed)
+        name = f"validation/{index:06d}.png"
+        _image(scene, root / "images" / name)
+        rng.choice(CAPTION_PROMPTS), caption(scene, rng)  # the draws a training scene's caption takes first
+        records += _instruction_records(scene, rng, f"validation-{index}", name)
+        index += 1
+    return _write_json(root / "validation.json", records[:samples])
 
 
 def _eval_scenes(count: int, seed: int, flavour: str, offset: int):

@@ -61,10 +61,16 @@ def run_stage(model: Path, out: Path, data: DataConfig, method: MethodConfig, tr
 
 
 def stage1(model: Path, paths: dict, out: Path, budget: DemoBudget) -> Path:
+    config = stage1_config(model, paths, out, budget)
+    return run_stage(model, out, config.data, config.method, config.train)
+
+
+def stage1_config(model: Path, paths: dict, out: Path, budget: DemoBudget) -> RunConfig:
+    """Stage 1: the connector on the captions."""
     data = DataConfig(sources=(DataSource(str(paths["captions"])),), image_folder=str(paths["train_images"]))
     train = TrainConfig(stage="pretrain", max_steps=budget.stage1_steps, batch_size=budget.batch_size, lr=3e-3,
                         save_every=0, log_every=5)
-    return run_stage(model, out, data, MethodConfig(name="connector"), train)
+    return RunConfig(model=str(model), out=str(out), method=MethodConfig(name="connector"), data=data, train=train)
 
 
 def stage2(model: Path, paths: dict, out: Path, budget: DemoBudget, method: str = "layernorm",

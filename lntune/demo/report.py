@@ -10,6 +10,8 @@ SCORE_COLUMNS = ("MME-P", "VQAv2", "COCO CIDEr", "Flickr30k CIDEr", "POPE F1")
 def _cell(value, digits=1) -> str:
     if value is None:
         return "-"
+    if isinstance(value, tuple):  # (mean, standard deviation) over seeds
+        return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)

@@ -17,7 +17,10 @@ from lntune.demo.pipeline import BENCHES, DemoBudget
 from lntune.errors import LntuneError, unknown_key_error
 
 WORLDS = ("tiny", "files")
-SECTIONS = ("world_size", "backbones", "budget", "paths", "analysis")  # the mappings a compare config may leave empty
+SECTIONS = ("world_size", "backbones", "budget", "paths", "analysis", "validation", "bootstrap", "lr_search")
+"""The mappings a compare config may leave empty (meaning their defaults)."""
+DEFAULT_GRID_FACTORS = (1 / 3, 1.0, 3.0)
+"""`lr_search: {METHOD: default}`: the rates searched are the run's own rate times these."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Study:
     """Add the image-blind prior (VQAv2) and the stage-1-only model as rows."""
     analysis: bool = True
     """Add the analyses (layer similarity, gradient variance, norm drift) of the study's runs."""
+    baseline: str | None = None
+    """The run every other run is compared with by the paired bootstrap (default: `bootstrap.baseline`)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,31 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    """The `validation:` block: the held-out samples of the training distribution the learning rate is chosen on."""
+
+    samples: int = 300
+    """How many: the tiny world writes them from scenes of their own; for `world: files` (without a `validation`
+    path) this many records of `instructions`, drawn with `seed`, are held out and the runs train on the rest."""
+    seed: int = 0
+    """The draw of the held-out records (`world: files`)."""
+    batch_size: int = 16
+    """Forward-pass batch size of the validation loss."""
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """The `bootstrap:` block: the paired bootstrap of each run against the study's baseline run."""
+
+    baseline: str = "layernorm"
+    """The run (by name) every other run of a study is compared with; a study may name its own (`baseline:`)."""
+    resamples: int = 1000
+    """Resamples of (seeds, evaluation items)."""
+    seed: int = 0
+    """The resamples' random draw: the same seed, the same intervals."""
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Studies of stage-2 runs from one stage-1 model, on the same data, seed and budget."""
 
@@ -84,7 +114,20 @@ class CompareConfig:
     backbones: BackboneBudget = field(default_factory=BackboneBudget)
     """The tiny world's backbone pretraining steps."""
     seed: int = 0
-    """The tiny world's seed and the similarity samples' draw."""
+    """The tiny world's seed and the similarity samples' draw (not the training seeds: `seeds`)."""
+    seeds: tuple[int, ...] = (0,)
+    """Training seeds (train.seed): every run is trained once per seed; tables give the mean and standard
+    deviation over them."""
+    lr_search: dict = field(default_factory=dict)
+    """Method -> the learning rates to search (a list, or `default`: the run's rate x 1/3, 1, 3); `lr_search:
+    default` searches every method. Each point is trained at the same budget with the first seed, the rate of the
+    lowest validation loss is chosen and run with every seed."""
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    """The validation split the learning rate is chosen on."""
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    """The paired bootstrap against the baseline run."""
+    gallery: int = 3
+    """Held-out benchmark images per study shown with every run's answer and caption (0: no gallery)."""
     out: str = "compare-out"
     """Output folder (the command's --out wins): model/, runs/, eval/, analysis/, report.md."""
     budget: DemoBudget = field(default_factory=DemoBudget)
@@ -112,8 +155,22 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     if not isinstance(studies, dict):
         raise LntuneError(f"{path}: studies must be a mapping of study name -> study, got {studies!r}")
     parsed = {str(name): _study(body, f"{path}: study {name!r}") for name, body in studies.items()}
+    lr_search = _lr_search(data.get("lr_search"), parsed, f"{path}: lr_search")
     # config_from_dict keeps the mappings (studies, paths) as given: they are checked here, the rest there.
-    config = config_from_dict(CompareConfig, {**data, "studies": parsed}, str(path))
+    config = config_from_dict(CompareConfig, {**data, "studies": parsed, "lr_search": lr_search}, str(path))
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise LntuneError(f"{path}: seeds must be a non-empty list of different training seeds, got "
+                          f"{list(config.seeds)}")
+    for seed in config.seeds:
+        if not 0 <= seed < 2**32:
+            raise LntuneError(f"{path}: seeds: {seed} is not in [0, 2**32)")
+    for key, value, lowest in (("validation.samples", config.validation.samples, 1),
+                               ("validation.batch_size", config.validation.batch_size, 1),
+                               ("bootstrap.resamples", config.bootstrap.resamples, 10)):
+        if value < lowest:
+            raise LntuneError(f"{path}: {key} must be >= {lowest}, got {value}")
+    if config.gallery < 0:
+        raise LntuneError(f"{path}: gallery must be >= 0, got {config.gallery}")
     if config.world not in WORLDS:
         raise LntuneError(f"{path}: unknown world {config.world!r}; valid: {', '.join(WORLDS)}")
     if not isinstance(config.paths, dict):
@@ -140,3 +197,42 @@ def _study(body, source: str) -> Study:
                               f"{run.folder!r}; give them names that differ in more than spaces, '+' and '/'")
         folders[run.folder] = run.name
     return study
+
+
+def _lr_search(value, studies: dict[str, Study], source: str) -> dict[str, tuple[float, ...] | None]:
+    """Method -> its rates (None: the default grid around the run's rate), every method and rate checked."""
+    from lntune.methods import METHODS
+
+    if value is None:
+        return {}
+    if value == "default":
+        return {run.method: None for study in studies.values() for run in study.runs}
+    if not isinstance(value, dict):
+        raise LntuneError(f"{source} must be `default` or a mapping of method -> [rates] or `default`, got {value!r}")
+    grids = {}
+    for method, rates in value.items():
+        if method not in METHODS:
+            raise LntuneError(f"{source}: {unknown_key_error('method', method, METHODS)}")
+        if rates == "default":
+            grids[method] = None
+            continue
+        if not isinstance(rates, list) or not rates:
+            raise LntuneError(f"{source}.{method} must be a non-empty list of rates or `default`, got {rates!r}")
+        parsed = []
+        for rate in rates:
+            try:
+                number = float(rate)  # PyYAML reads 1e-3 (no dot) as a string
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not number > 0 or number == float("inf") or isinstance(rate, bool):
+                raise LntuneError(f"{source}.{method}: {rate!r} is not a learning rate (a number > 0)")
+            parsed.append(number)
+        if len(set(parsed)) != len(parsed):
+            raise LntuneError(f"{source}.{method}: a rate is given twice in {rates}")
+        grids[method] = tuple(parsed)
+    return grids
+
+
+def search_grid(grid: tuple[float, ...] | None, rate: float) -> tuple[float, ...]:
+    """The rates searched: the given grid, or the run's own rate times DEFAULT_GRID_FACTORS."""
+    return grid if grid is not None else tuple(float(f"{rate * factor:.3g}") for factor in DEFAULT_GRID_FACTORS)

@@ -13,28 +13,45 @@ that was stopped goes on where it stopped.
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lntune.config import RunConfig
-from lntune.demo.pipeline import (BENCH_IMAGES, build_model, evaluate, image_blind_prior, run_stage, run_summary,
-                                  score_cells, stage1, stage2_config)
+from lntune.demo.pipeline import (BENCH_IMAGES, build_model, evaluate, image_blind_prior, run_summary, score_cells,
+                                  stage1_config, stage2_config)
 from lntune.demo.report import plot_losses, results_table
 from lntune.errors import LntuneError
-from lntune.study.config import CompareConfig, load_compare_config
-from lntune.study.report import analysis_section, report_header, study_section
+from lntune.study.config import CompareConfig, load_compare_config, search_grid
+from lntune.study.keys import check_folder_key, finished_run, run_folder_name, write_folder_key
+from lntune.study.report import (analysis_section, bootstrap_section, gallery_section, lr_section, report_header,
+                                 study_section)
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """A study's run as it will train: its config (model: the stage-1 model; out: OUT/runs/STUDY/FOLDER)."""
+    """A study's run as it will train: its config with the first seed and its own rate (model: the stage-1 model;
+    out: OUT/runs/METHOD-lrRATE-seedSEED-KEY), and the rates its search tries (none: no search)."""
 
     name: str
     config: RunConfig
-    eval_out: Path
-    """OUT/eval/STUDY/FOLDER: the run's benchmark results."""
+    search: tuple[float, ...] = ()
+
+
+@dataclass
+class TrainedRun:
+    """What a planned run became: the chosen rate, the search's points, one run folder and evaluation per seed."""
+
+    rate: float
+    search: list[tuple[float, float]]
+    """(rate, validation loss) of each searched point."""
+    runs: list[Path]
+    evaluations: list[Path]
+    """OUT/eval/RUN_FOLDER: one per seed, in `seeds` order."""
 
 
 def _say(message: str) -> None:
@@ -49,25 +66,33 @@ def run_compare(config_path: str | Path, out: str | None = None, rebuild: bool =
 
 def run_studies(config: CompareConfig, out: Path, rebuild: bool = False, source: str = "compare config") -> int:
     """Every study of `config` into `out`; `source` (the config file) names where errors are."""
+    from lntune.study.validation import make_validation_split, validation_paths
+
     started = time.monotonic()
     paths = _paths(config, rebuild)
     _check_paths_defined(config, paths, source)
     similarity_data = _resolve(config.analysis.data, paths, source, "analysis.data")
     similarity_images = _resolve(config.analysis.image_folder, paths, source, "analysis.image_folder")
+    world_paths = dict(paths)
+    if config.lr_search:
+        paths.update(validation_paths(config, paths, out))
     stage1_model = Path(config.stage1_model) if config.stage1_model else out / "runs" / "stage1" / "model"
     plans = {name: [_plan(run, name, stage1_model, paths, out, config, source) for run in study.runs]
              for name, study in config.studies.items()}
 
-    model = Path(config.model) if config.model else build_model(paths, out / "model")
+    if config.lr_search:
+        make_validation_split(config, world_paths, out)
+    model = Path(config.model) if config.model else _build_model(paths, out / "model")
     stage1_run = None
     if not config.stage1_model:
         _say("stage 1: the connector on captions")
-        stage1_run = stage1(model, paths, out / "runs" / "stage1", config.budget)
+        stage1_run = _train(stage1_config(model, paths, out / "runs" / "stage1", config.budget))
 
-    sections = [report_header(Path(source).name, config.seed, config.budget)]
+    sections = [report_header(Path(source).name, config.seeds, config.budget)]
+    record = {"seeds": list(config.seeds), "studies": {}}
     for study_name, study in config.studies.items():
         title = study.title or study_name
-        rows, curves, trained_runs = [], {}, {}
+        rows, curves, trained = [], {}, {}
         if study.baselines:
             if "vqav2" in config.benches and "instructions" in paths:
                 rows.append({"name": "image-blind prior", "VQAv2": score_cells(image_blind_prior(paths))["VQAv2"]})
@@ -75,26 +100,161 @@ def run_studies(config: CompareConfig, out: Path, rebuild: bool = False, source:
                 results = evaluate(stage1_model, None, paths, out / "eval" / "stage1", config.budget, config.benches)
                 rows.append({"name": "stage 1 only", **run_summary(stage1_run), **score_cells(results)})
         for plan in plans[study_name]:
-            _say(f"[{study_name}] {plan.name}: stage 2 with {plan.config.method.name}")
-            trained = run_stage(Path(plan.config.model), Path(plan.config.out), plan.config.data, plan.config.method,
-                                plan.config.train)
-            summary = run_summary(trained)
+            trained[plan.name] = _run_plan(plan, study_name, config, paths, out, stage1_model)
+            summary = run_summary(trained[plan.name].runs[0])
             curves[plan.name] = summary["losses"]
-            trained_runs[plan.name] = trained
-            results = evaluate(stage1_model, trained / "adapter", paths, plan.eval_out, config.budget, config.benches)
-            rows.append({"name": plan.name, **summary, **score_cells(results)})
-        plot = plot_losses(curves, out / f"loss_{study_name}.png", title)
-        sections.append(study_section(title, rows, plot))
-        if study.analysis and trained_runs:
+            scores = [score_cells(_evaluations(folder, config.benches)) for folder in trained[plan.name].evaluations]
+            rows.append({"name": plan.name, **summary, **_mean_std(scores)})
+        searched = {name: run for name, run in trained.items() if run.search}
+        if searched:
+            sections.append(f"## {title}\n")
+            sections.append(lr_section(searched, out / f"lr_{study_name}.png", title))
+        plot = plot_losses(curves, out / f"loss_{study_name}.png", title + (f" (seed {config.seeds[0]})"
+                                                                             if len(config.seeds) > 1 else ""))
+        sections.append(study_section(title, rows, plot, len(config.seeds), heading=not searched))
+        baseline = study.baseline or config.bootstrap.baseline
+        comparisons = {}
+        if baseline in trained and len(trained) > 1:
+            _say(f"[{study_name}] paired bootstrap against {baseline}")
+            comparisons = _comparisons(trained, baseline, config)
+            sections.append(bootstrap_section(baseline, comparisons, config.seeds, config.bootstrap.resamples))
+        elif trained:
+            sections.append(f"No paired bootstrap: the study has no run named {baseline!r} to compare with (give "
+                            "the study a `baseline:`).\n")
+        if config.gallery and trained:
+            sections.append(gallery_section({name: run.evaluations[0] for name, run in trained.items()}, paths,
+                                            config.benches, config.gallery, out / "gallery" / study_name, out))
+        if study.analysis and trained:
             _say(f"[{study_name}] analyses: layer similarity, gradient variance, norm drift")
             references = {"stage 1 only": (str(stage1_model), None)} if study.baselines else {}
             sections.append(analysis_section(
-                trained_runs, out / "analysis" / study_name, out, config.analysis,
-                data=similarity_data, image_folder=similarity_images, references=references, seed=config.seed))
+                {name: run.runs[0] for name, run in trained.items()}, out / "analysis" / study_name, out,
+                config.analysis, data=similarity_data, image_folder=similarity_images, references=references,
+                seed=config.seed))
+        record["studies"][study_name] = {name: _run_record(run, comparisons.get(name), out)
+                                         for name, run in trained.items()}
         print(f"\n{title}\n{results_table(rows)}")
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "report.md").write_text("\n".join(sections))
     print(f"\ndone in {time.monotonic() - started:.0f}s: {out / 'report.md'}")
     return 0
+
+
+def _build_model(paths: dict, out: Path) -> Path:
+    """The built MLLM, keyed by the backbones it was built from (a folder built from others is refused)."""
+    key = {"llm": str(paths["llm"]), "vision": str(paths["vision"]), "connector": "linear"}
+    if (out / "config.json").is_file() and not check_folder_key(out, key):
+        raise LntuneError(f"{out} holds a model that records no backbones (made by an older lntune compare); "
+                          "delete it to build it again, or choose another --out")
+    built = build_model(paths, out)
+    write_folder_key(out, key)
+    return built
+
+
+def _train(config: RunConfig) -> Path:
+    """The run of `config`, trained unless its folder holds it finished (lntune.study.keys)."""
+    from lntune.demo.pipeline import quiet
+    from lntune.train.trainer import train
+
+    if finished_run(config):
+        return Path(config.out)
+    return train(config, say=quiet)
+
+
+def _with(config: RunConfig, out: Path, lr: float | None, seed: int) -> RunConfig:
+    """`config` with this rate and seed, in its keyed folder under OUT/runs."""
+    keyed = replace(config, out="", train=replace(config.train, lr=lr, seed=seed))
+    return replace(keyed, out=str(out / "runs" / run_folder_name(keyed)))
+
+
+def _rate(config: RunConfig) -> float:
+    from lntune.methods import METHODS
+
+    return config.train.lr if config.train.lr is not None else METHODS[config.method.name].default_lr
+
+
+def _eval_folder(run: Path, out: Path, config: CompareConfig) -> Path:
+    limit = config.budget.eval_limit
+    return out / "eval" / (run.name + ("" if limit is None else f"-limit{limit}"))
+
+
+def _run_plan(plan: PlannedRun, study_name: str, config: CompareConfig, paths: dict, out: Path,
+              stage1_model: Path) -> TrainedRun:
+    """The search (each rate with the first seed, its validation loss), the choice, every seed; each evaluated."""
+    from lntune.study.validation import validation_data, validation_loss
+
+    first = config.seeds[0]
+    rate, search = _rate(plan.config), []
+    for index, point in enumerate(plan.search, start=1):
+        _say(f"[{study_name}] {plan.name}: learning rate {point:g} ({index}/{len(plan.search)}), seed {first}")
+        point_config = _with(plan.config, out, point, first)
+        run = _train(point_config)
+        data = validation_data(point_config.data, paths["validation"], paths["validation_images"])
+        search.append((point, validation_loss(run, point_config.model, data, config.validation.batch_size)))
+    if search:
+        finite = [(loss, index) for index, (_, loss) in enumerate(search) if math.isfinite(loss)]
+        if not finite:
+            raise LntuneError(f"study {study_name!r}, run {plan.name!r}: every learning rate searched "
+                              f"({', '.join(f'{r:g}' for r, _ in search)}) diverged (validation loss not finite); "
+                              "search lower rates")
+        rate = search[min(finite)[1]][0]  # the lowest loss; on a tie the first in the grid
+        _say(f"[{study_name}] {plan.name}: learning rate {rate:g} chosen on the validation split")
+    runs, evaluations = [], []
+    for seed in config.seeds:
+        _say(f"[{study_name}] {plan.name}: stage 2 with {plan.config.method.name}, lr {rate:g}, seed {seed}")
+        run = _train(_with(plan.config, out, rate if search else plan.config.train.lr, seed))
+        folder = _eval_folder(run, out, config)
+        evaluate(stage1_model, run / "adapter", paths, folder, config.budget, config.benches)
+        runs.append(run)
+        evaluations.append(folder)
+    return TrainedRun(rate, search, runs, evaluations)
+
+
+def _evaluations(folder: Path, benches) -> dict:
+    return {bench: json.loads((folder / bench / "metrics.json").read_text()) for bench in benches}
+
+
+def _mean_std(scores: list[dict]) -> dict:
+    """Column -> the value (one seed), or (mean, sample standard deviation) over the seeds."""
+    cells = {}
+    for column in scores[0]:
+        values = [score[column] for score in scores if score[column] is not None]
+        if len(values) != len(scores):
+            cells[column] = None
+        elif len(values) == 1:
+            cells[column] = values[0]
+        else:
+            cells[column] = (statistics.mean(values), statistics.stdev(values))
+    return cells
+
+
+def _comparisons(trained: dict[str, TrainedRun], baseline: str, config: CompareConfig) -> dict:
+    """Run -> benchmark column -> Comparison against the baseline run (lntune.study.bootstrap)."""
+    from lntune.study.bootstrap import paired_bootstrap
+    from lntune.study.items import COLUMN, item_table
+
+    def tables(run: TrainedRun, bench: str):
+        return [item_table(bench, folder / bench) for folder in run.evaluations]
+
+    base = {bench: tables(trained[baseline], bench) for bench in config.benches}
+    return {name: {COLUMN[bench]: paired_bootstrap(tables(run, bench), base[bench], config.bootstrap.resamples,
+                                                   config.bootstrap.seed)
+                   for bench in config.benches}
+            for name, run in trained.items() if name != baseline}
+
+
+def _run_record(run: TrainedRun, comparisons: dict | None, out: Path) -> dict:
+    """results.json's entry of a run: the rate, the search, the runs and evaluations, each seed's scores, the
+    bootstrap."""
+    return {
+        "lr": run.rate, "lr_search": [{"lr": rate, "validation_loss": loss} for rate, loss in run.search],
+        "runs": [str(path.relative_to(out)) for path in run.runs],
+        "evaluations": [str(path.relative_to(out)) for path in run.evaluations],
+        "scores": [score_cells(_evaluations(folder, [p.name for p in sorted(folder.iterdir()) if p.is_dir()]))
+                   for folder in run.evaluations],
+        "bootstrap": {column: {"difference": c.difference, "low": c.low, "high": c.high,
+                               "within_noise": c.within_noise} for column, c in (comparisons or {}).items()},
+    }
 
 
 def _paths(config: CompareConfig, rebuild: bool) -> dict[str, Path]:
@@ -150,16 +310,22 @@ def _check_paths_defined(config: CompareConfig, paths: dict, source: str) -> Non
 
 def _plan(run, study_name: str, stage1_model: Path, paths: dict, out: Path, config: CompareConfig,
           source: str) -> PlannedRun:
-    """The run's RunConfig from the study's run entry; its overrides are checked here, before anything trains."""
+    """The run's RunConfig (first seed) from the study's run entry and the rates to search; its overrides are
+    checked here, before anything trains."""
     where = f"{source}: study {study_name!r}, run {run.name!r}"
-    folder = out / "runs" / study_name / run.folder
     overrides = [_substitute(item, paths) for item in run.overrides]
+    set_keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if "train.seed" in set_keys:
+        raise LntuneError(f"{where}: overrides set train.seed, which compare sets from `seeds`; list the seeds there")
     try:
-        run_config = stage2_config(stage1_model, paths, folder, config.budget, run.method, overrides,
+        run_config = stage2_config(stage1_model, paths, out / "runs", config.budget, run.method, overrides,
                                    source="overrides")
     except LntuneError as error:
         raise LntuneError(f"{where}: {error}") from None
-    if run_config.model != str(stage1_model) or run_config.out != str(folder):
+    if run_config.model != str(stage1_model) or run_config.out != str(out / "runs"):
         raise LntuneError(f"{where}: overrides set `model` or `out`, which compare sets for every run "
-                          "(the stage-1 model; OUT/runs/STUDY/RUN)")
-    return PlannedRun(run.name, run_config, out / "eval" / study_name / run.folder)
+                          "(the stage-1 model; OUT/runs/METHOD-lrRATE-seedSEED-KEY)")
+    search = ()
+    if run.method in config.lr_search and "train.lr" not in set_keys:  # a rate the run sets is not searched
+        search = search_grid(config.lr_search[run.method], _rate(run_config))
+    return PlannedRun(run.name, _with(run_config, out, run_config.train.lr, config.seeds[0]), search)

@@ -116,7 +116,7 @@ def test_compare_smoke(tmp_path, monkeypatch):
         "world: tiny\nworld_size: {train_scenes: 24, text_scenes: 40, eval_images: 4}\n"
         "backbones: {llm_steps: 3, vision_steps: 3}\n"
         "budget: {stage1_steps: 2, stage2_steps: 2, batch_size: 4, eval_batch_size: 8}\n"
-        "benches: [vqav2, pope]\n"
+        "benches: [vqav2, pope, coco]\n"
         "studies:\n  data_types:\n    title: Data types\n    baselines: true\n    runs:\n"
         "      - {name: conversation, method: layernorm, overrides: ['data.types=[conversation]']}\n"
         "      - {name: random, method: layernorm-simple, overrides: [\"data.sources=[{path: '{instructions}', count: 8}]\"]}\n"
@@ -127,8 +127,14 @@ def test_compare_smoke(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert report.startswith("# lntune compare: compare.yaml\n\nSame stage-1 model, seed 0 and budget for every run: "
                              "2 steps of 4 samples.\n\n## Data types\n\n| run |")
-    rows = [line.split("|")[1].strip() for line in report.split("### Analyses")[0].splitlines() if line.startswith("| ")]
+    results = report.split("**Gallery**")[0]
+    rows = [line.split("|")[1].strip() for line in results.splitlines() if line.startswith("| ")]
     assert rows == ["run", "image-blind prior", "stage 1 only", "conversation", "random", "lora"]
+    assert "No paired bootstrap: the study has no run named 'layernorm'" in results
+    # the gallery: held-out VQAv2 and COCO images with each run's answer (one seed: no ± in the table)
+    gallery = report.split("**Gallery**")[1].split("### Analyses")[0]
+    assert "| image | question | reference | conversation | random | lora |" in gallery
+    assert len(list((out / "gallery" / "data_types").glob("*.png"))) == 2 * 3 and " ± " not in results
     assert (out / "loss_data_types.png").is_file()
     # The analyses: similarity for every run; gradient variance and drift for the runs that train norms.
     analyses = report.split("### Analyses")[1]

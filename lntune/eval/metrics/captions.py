@@ -205,3 +205,18 @@ def score_captions(references: dict, predictions: dict, tokenizer: str = "auto")
         "count": len(image_ids),
         "tokenizer": name,
     }
+
+
+def per_image_cider(references: dict, predictions: dict, tokenizer: str = "auto") -> dict:
+    """{image id: CIDEr-D x100 of its caption}, the idf taken over all the images given (so the mean of the values is
+    score_captions' CIDEr_x100): what a bootstrap over images resamples."""
+    _check_inputs(references, predictions)
+    image_ids = list(predictions)
+    combined = {("reference", image_id): list(references[image_id]) for image_id in image_ids}
+    combined.update({("prediction", image_id): [predictions[image_id]] for image_id in image_ids})
+    tokenized, _ = tokenize(combined, tokenizer)
+    gts = {image_id: tokenized["reference", image_id] for image_id in image_ids}
+    res = {image_id: tokenized["prediction", image_id] for image_id in image_ids}
+    _, scores = _pycocoevalcap("cider.cider", "Cider")().compute_score(gts, res)
+    # Cider scores the images in the order of gts' keys
+    return {image_id: float(score) * 100 for image_id, score in zip(gts, scores)}
