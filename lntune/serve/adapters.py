@@ -255,3 +255,21 @@ class AdapterSet:
         image_rows = [row for row, count in zip(sequence_rows, images_per_sequence) for _ in range(count)]
         return (torch.tensor(sequence_rows, dtype=torch.long, device=device),
                 torch.tensor(image_rows, dtype=torch.long, device=device))
+
+
+def load_adapter_set(model_dir: str | Path, adapters: dict[str, str | Path] | None = None, dtype: str = "auto",
+                     device: str | None = None) -> AdapterSet:
+    """The base model of `model_dir` (on `device`, default cuda if present) with every adapter of `adapters`
+    (name -> folder) in its banks: what `lntune serve` serves, and what `lntune eval` / `lntune chat` with several
+    `--adapter NAME=DIR` decode together. An adapter that cannot be loaded is one LntuneError naming it."""
+    from lntune.model.load import check_model_dir, load_model
+
+    check_model_dir(Path(model_dir))  # before the weights: a wrong folder fails in a second
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    adapter_set = AdapterSet(load_model(model_dir, dtype=dtype).to(device).eval(), model_dir)
+    for name, folder in (adapters or {}).items():
+        try:
+            adapter_set.load(name, folder)
+        except ServeError as error:
+            raise LntuneError(f"adapter {name} ({folder}): {error}") from None
+    return adapter_set

@@ -37,20 +37,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="request body size (32 MiB)")
 
 
-def _adapter_specs(specs: list[str]) -> dict[str, str]:
-    from lntune.errors import LntuneError
-
-    adapters = {}
-    for spec in specs:
-        name, separator, folder = spec.partition("=")
-        if not separator or not name or not folder:
-            raise LntuneError(f"--adapter {spec!r}: give NAME=DIR (e.g. --adapter ln=runs/ln/adapter)")
-        if name in adapters:
-            raise LntuneError(f"--adapter {name} is given twice; each adapter needs its own name")
-        adapters[name] = folder
-    return adapters
-
-
 def _require_server_packages() -> None:
     from lntune.errors import LntuneError
 
@@ -66,6 +52,7 @@ def _require_server_packages() -> None:
 
 def run(args) -> int:
     _require_server_packages()
+    from lntune.cli.command import named_adapters
     from lntune.serve.server import serve_forever
     from lntune.serve.service import ChatService, adapter_folder
     from lntune.serve.settings import ServeSettings
@@ -78,7 +65,7 @@ def run(args) -> int:
         default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
         max_images=args.max_images, max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
         max_body_bytes=args.max_body_bytes)
-    adapters = {name: adapter_folder(Path(folder)) or Path(folder) for name, folder in _adapter_specs(args.adapter).items()}
+    adapters = {name: adapter_folder(Path(folder)) or Path(folder) for name, folder in named_adapters(args.adapter).items()}
     if settings.exposed and settings.api_key is None:
         say(f"lntune serve: warning: listening on {settings.host} with no --api-key: anyone who can reach this "
             "machine can use the model")
