@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together at most (default 16)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="how long a request waits for others to batch with (default 5)")
+    parser.add_argument("--no-join", dest="join_running", action="store_false",
+                        help="requests arriving while a batch decodes wait for it to end (default: they join it at "
+                             "its next step while it has room)")
     parser.add_argument("--max-queue", type=int, default=256, help="waiting requests at most; more get 503 (default 256)")
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (1024)")
     parser.add_argument("--default-max-tokens", type=int,
@@ -61,7 +64,7 @@ def run(args) -> int:
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+        batch_wait_ms=args.batch_wait_ms, join_running=args.join_running, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
         max_images=args.max_images, max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
         max_body_bytes=args.max_body_bytes)

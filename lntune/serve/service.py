@@ -65,7 +65,7 @@ class ChatService:
                 raise LntuneError(f"adapter {served.name} ({served.path}): {error}") from None
         self.decoder = Decoder(model, processor.tokenizer, self.adapters)
         self.batcher = Batcher(self.decoder, self.settings.max_batch, self.settings.batch_wait_ms,
-                               self.settings.max_queue, say=say)
+                               self.settings.max_queue, say=say, join=self.settings.join_running)
         self.created = int(time.time())
 
     def start(self) -> None:
