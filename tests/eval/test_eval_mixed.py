@@ -106,9 +106,13 @@ def test_an_interrupted_mixed_pass_resumes_each_adapter(model_dir, adapters, ben
     (["--adapter", "a={simple}", "--adapter", "{plain}"], "has no name while other --adapter flags do"),
     (["--adapter", "a={simple}", "--adapter", "a={plain}"], "--adapter a is given twice"),
     (["--adapter", "a={simple}", "--adapter", "b=/nowhere"], "--adapter b=/nowhere:"),
+    (["--adapter", "a={simple}", "--adapter", "b={lora}"], "is a LoRA adapter; only adapters of the model's own"),
 ])
 def test_adapter_flag_mistakes_are_one_line(model_dir, adapters, benchmarks, tmp_path, capsys, flags, message):
-    flags = [flag.format(**adapters) for flag in flags]
+    lora = tmp_path / "lora"
+    if any("{lora}" in flag for flag in flags):
+        write_adapter(model_dir, lora, "lora", seed=5)
+    flags = [flag.format(**adapters, lora=lora) for flag in flags]
     assert main(["eval", "--model", str(model_dir), *flags, *benchmarks, "--out", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
