@@ -91,6 +91,36 @@ def test_sequences_joining_a_running_batch_generate_what_they_generate_alone(ser
     assert asked[:3] == [2, 2, 4]  # room is asked for at every step, beside the sequences running
 
 
+def test_an_adapter_change_waiting_stops_joins_so_it_gets_its_turn(serve_model, adapter_dirs):
+    """Under steady arrivals a batch could run for ever and starve load / unload (they wait for the model lock):
+    once a change waits, nothing more joins, the batch ends, and the change happens."""
+    decoder, processor = _decoder(serve_model, adapter_dirs)
+    asked, unloaded = [], threading.Event()
+
+    def unload():
+        decoder.adapters.unload("qv")
+        unloaded.set()
+
+    def more(active):
+        asked.append(active)
+        if len(asked) == 1:
+            threading.Thread(target=unload).start()
+            deadline = time.monotonic() + 30
+            while not decoder.adapters.changes_waiting and time.monotonic() < deadline:
+                time.sleep(0.001)
+        if len(asked) > 30:
+            return []  # bounded, so that a decoder ignoring the waiting change fails here instead of running on
+        joiners.extend(_sequences(decoder, processor, [("simple-a", 0, None, 12, 0.0)]))  # always someone waiting
+        return joiners[-1:]
+
+    joiners = []
+    start = _sequences(decoder, processor, [("ln", 1, 0, 12, 0.0)])
+    stats = decoder.run(start, more)
+    assert len(asked) == 1  # the change began to wait during the first ask: never asked again
+    assert stats.sequences == 2 and joiners[0].sink.finish is not None  # the one taken then still joined
+    assert unloaded.wait(30) and "qv" not in decoder.adapters.adapters
+
+
 def test_a_model_with_sliding_window_layers_is_not_joined(built_model, tmp_path):
     """Gemma2's sliding-window cache keeps only its window per batch: its waiting sequences start the next batch."""
     model_dir = built_model(llm="gemma2")
