@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lntune.cli.command import Command
+from lntune.cli.command import Command, one_or_named_adapters
 
 
 def _add_image_arguments(parser):
@@ -18,7 +18,9 @@ def _add_image_arguments(parser):
 
 def _eval_arguments(parser):
     parser.add_argument("--model", required=True, help="a built or trained MLLM directory")
-    parser.add_argument("--adapter", help="a run's adapter/ directory (trained on --model)")
+    parser.add_argument("--adapter", action="append", metavar="DIR | NAME=DIR",
+                        help="a run's adapter/ directory (trained on --model); or NAME=DIR, repeatable: several "
+                             "adapters evaluated together in one pass, each into OUT/NAME/")
     parser.add_argument("--bench", action="append", required=True, help="mme, vqav2, coco, flickr30k, pope (repeatable)")
     parser.add_argument("--data", action="append", required=True, help="the benchmark's files (one per --bench, in order)")
     parser.add_argument("--images", action="append", help="image folder (one per --bench, or one for all)")
@@ -36,7 +38,7 @@ def _eval_arguments(parser):
 
 def _eval_run(args) -> int:
     from lntune.errors import LntuneError
-    from lntune.eval.suite import BenchmarkFiles, evaluate_suite
+    from lntune.eval.suite import BenchmarkFiles, evaluate_suite, evaluate_suite_mixed
 
     if len(args.data) != len(args.bench):
         raise LntuneError(f"give one --data per --bench ({len(args.bench)} benches, {len(args.data)} --data)")
@@ -45,10 +47,12 @@ def _eval_run(args) -> int:
         raise LntuneError("give one --images for all benches, or one per --bench")
     images = images * len(args.bench) if len(images) == 1 else images
     benchmarks = [BenchmarkFiles(bench, Path(data), folder) for bench, data, folder in zip(args.bench, args.data, images)]
-    print(evaluate_suite(
-        args.model, args.adapter, benchmarks, Path(args.out), template=args.template, system=args.system,
-        image_aspect_ratio=args.image_aspect_ratio, limit=args.limit, batch_size=args.batch_size, prompt=args.prompt,
-        max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
+    adapter, named = one_or_named_adapters(args.adapter)
+    evaluate = evaluate_suite if named is None else evaluate_suite_mixed
+    print(evaluate(
+        args.model, adapter if named is None else named, benchmarks, Path(args.out), template=args.template,
+        system=args.system, image_aspect_ratio=args.image_aspect_ratio, limit=args.limit, batch_size=args.batch_size,
+        prompt=args.prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
         max_image_pixels=args.max_image_pixels,
     ))
     return 0
@@ -123,7 +127,8 @@ def _report_run(args) -> int:
 def _chat_arguments(parser):
     parser.add_argument("prompt", nargs="?", help="one question; without it, an interactive loop")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--adapter")
+    parser.add_argument("--adapter", action="append", metavar="DIR | NAME=DIR",
+                        help="an adapter directory; or NAME=DIR, repeatable: every adapter answers, labelled")
     parser.add_argument("--image", help="an image file to talk about")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--template", default="auto")
@@ -134,7 +139,8 @@ def _chat_arguments(parser):
 def _chat_run(args) -> int:
     from lntune.eval.chat import chat
 
-    return chat(args.model, args.adapter, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
+    adapter, named = one_or_named_adapters(args.adapter)
+    return chat(args.model, adapter if named is None else named, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
                 template=args.template, system=args.system, image_aspect_ratio=args.image_aspect_ratio,
                 max_image_pixels=args.max_image_pixels)
 

@@ -16,6 +16,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lntune.data.images import (
@@ -140,13 +141,39 @@ def _image_folders(data: Path, images: Path | None) -> list[Path]:
     return [folder for folder in (images, data if data.is_dir() else data.parent) if folder is not None]
 
 
-def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, out: Path, *, limit=None,
-                       batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None,
-                       extra_record=None, say=None, image_aspect_ratio=None,
-                       max_image_pixels=DEFAULT_MAX_PIXELS) -> dict:
-    """`image_aspect_ratio` (pad / crop): default the generator's (load_generator learns it from the model)."""
-    from tqdm.auto import tqdm
+@dataclass
+class BenchmarkRun:
+    """One model (or adapter) on one benchmark: its items, its output folder and the answers already there."""
 
+    generator: object
+    """An AnswerGenerator: its prompts, processor and image aspect ratio are this run's."""
+    bench: str
+    benchmark: object
+    items: list
+    mode: str
+    prompt: str | None
+    limit: int | None
+    batch_size: int
+    max_new_tokens: int
+    aspect_ratio: str
+    aspect_ratio_source: str | None
+    max_image_pixels: int
+    out: Path
+    extra_record: dict
+    done: dict
+    """item id -> answer (from an earlier, interrupted run, then this one's)."""
+    todo: list
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.out / PREDICTIONS
+
+
+def prepare_benchmark(generator, bench: str, data: Path, images: Path | None, out: Path, *, limit=None,
+                      batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None, extra_record=None,
+                      say=None, image_aspect_ratio=None, max_image_pixels=DEFAULT_MAX_PIXELS) -> BenchmarkRun:
+    """Everything before the first answer: the arguments, the items, every image path, the settings of answers
+    already in `out` (reused only when they match) and the items still to answer."""
     say = say or (lambda message: print(message, file=sys.stderr, flush=True))
     if batch_size < 1:
         raise LntuneError(f"--batch-size must be >= 1, got {batch_size}")
@@ -182,36 +209,107 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     todo = [item for item in items if item.id not in done]
     if done:
         say(f"{bench}: {len(done)} answers found in {predictions_path}, {len(todo)} to go")
+    return BenchmarkRun(generator, bench, benchmark, items, mode, prompt, limit, batch_size, max_new_tokens,
+                        aspect_ratio, aspect_ratio_source, max_image_pixels, out, dict(extra_record or {}), done, todo)
+
+
+def answer_runs(runs: list[BenchmarkRun], batch_size: int, answer) -> float:
+    """Answer every run's items still to do, `batch_size` questions per generation call, in item order with the
+    runs of one item side by side (so one batch holds several runs' questions when there are several). Each answer
+    is appended to its run's predictions.jsonl once its batch is answered. `answer(runs, questions, pictures)` ->
+    one answer per question. Returns the seconds spent."""
+    from tqdm.auto import tqdm
+
+    queue = [(run, item) for item, runs_of_item in _by_item(runs) for run in runs_of_item]
+    total = sum(len(run.items) for run in runs)
+    handles = {}
     started = time.perf_counter()
-    with predictions_path.open("a", encoding="utf-8") as handle, \
-            tqdm(total=len(items), initial=len(items) - len(todo), desc=bench, unit="item", dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            # Loaded (pixel guard, RGB) and given the aspect ratio before anything of the batch is written: a bad
-            # image stops the run naming its item, with the earlier answers on disk untouched.
-            pictures = [_picture(generator, item, bench, aspect_ratio, max_image_pixels) for item in batch]
-            answers = generator.answer([item.prompt for item in batch], pictures, max_new_tokens)
-            for item, answer in zip(batch, answers):
-                done[item.id] = answer
-                handle.write(json.dumps({"id": item.id, "prompt": item.prompt, "prediction": answer,
-                                         "reference": item.reference}) + "\n")
-            handle.flush()
-            bar.update(len(batch))
-    seconds = time.perf_counter() - started
-    metrics = benchmark.score(items, done, mode)
+    try:
+        for run in runs:
+            handles[id(run)] = run.predictions_path.open("a", encoding="utf-8")
+        with tqdm(total=total, initial=total - len(queue), desc=runs[0].bench, unit="item",
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(queue), batch_size):
+                batch = queue[start : start + batch_size]
+                # Loaded (pixel guard, RGB) and given the aspect ratio before anything of the batch is written: a bad
+                # image stops the run naming its item, with the earlier answers on disk untouched.
+                pictures = [_picture(run.generator, item, run.bench, run.aspect_ratio, run.max_image_pixels)
+                            for run, item in batch]
+                answers = answer([run for run, _ in batch], [item.prompt for _, item in batch], pictures)
+                for (run, item), prediction in zip(batch, answers):
+                    run.done[item.id] = prediction
+                    handles[id(run)].write(json.dumps({"id": item.id, "prompt": item.prompt, "prediction": prediction,
+                                                       "reference": item.reference}) + "\n")
+                for run in {id(run): run for run, _ in batch}.values():
+                    handles[id(run)].flush()
+                bar.update(len(batch))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return time.perf_counter() - started
+
+
+def _by_item(runs: list[BenchmarkRun]):
+    """(item, the runs that still need it), in the benchmark's item order (the runs share one benchmark)."""
+    todo = [{item.id for item in run.todo} for run in runs]
+    by_item = [(item, [run for run, ids in zip(runs, todo) if item.id in ids]) for item in runs[0].items]
+    return [(item, needing) for item, needing in by_item if needing]
+
+
+def finish_benchmark(run: BenchmarkRun, seconds: float, answered: int, extra: dict | None = None) -> dict:
+    """Score the run's answers and write metrics.json (and the benchmark's official results file)."""
+    metrics = run.benchmark.score(run.items, run.done, run.mode)
     record = {
-        "benchmark": bench, "mode": mode, "items": len(items), "limit": limit,
-        "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
-        "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
-        "image_aspect_ratio": aspect_ratio, "image_aspect_ratio_source": aspect_ratio_source,
-        "generation_seconds": seconds, "items_per_second": len(todo) / seconds if todo and seconds else None,
-        **(extra_record or {}), "metrics": metrics,
+        "benchmark": run.bench, "mode": run.mode, "items": len(run.items), "limit": run.limit,
+        "prompt": run.prompt or run.benchmark.default_prompt, **run.generator.prompts.settings(),
+        "decoding": {"strategy": "greedy", "max_new_tokens": run.max_new_tokens, "batch_size": run.batch_size},
+        "image_aspect_ratio": run.aspect_ratio, "image_aspect_ratio_source": run.aspect_ratio_source,
+        "generation_seconds": seconds, "items_per_second": answered / seconds if answered and seconds else None,
+        **run.extra_record, **(extra or {}), "metrics": metrics,
     }
-    (out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
-    official_results = benchmark.official_results(items, done)
+    (run.out / METRICS).write_text(json.dumps(record, indent=2) + "\n")
+    official_results = run.benchmark.official_results(run.items, run.done)
     if official_results is not None:
-        (out / "results.json").write_text(json.dumps(official_results) + "\n")
+        (run.out / "results.json").write_text(json.dumps(official_results) + "\n")
     return record
+
+
+def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, out: Path, *, limit=None,
+                       batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None,
+                       extra_record=None, say=None, image_aspect_ratio=None,
+                       max_image_pixels=DEFAULT_MAX_PIXELS) -> dict:
+    """`image_aspect_ratio` (pad / crop): default the generator's (load_generator learns it from the model)."""
+    run = prepare_benchmark(generator, bench, data, images, out, limit=limit, batch_size=batch_size, prompt=prompt,
+                            max_new_tokens=max_new_tokens, mode=mode, annotations=annotations,
+                            extra_record=extra_record, say=say, image_aspect_ratio=image_aspect_ratio,
+                            max_image_pixels=max_image_pixels)
+    answered = len(run.todo)
+    seconds = answer_runs([run], batch_size, lambda runs, questions, pictures: generator.answer(
+        questions, pictures, run.max_new_tokens))
+    return finish_benchmark(run, seconds, answered)
+
+
+def evaluate_benchmark_mixed(mixed, bench: str, data: Path, images: Path | None, outs: dict[str, Path], *,
+                             limit=None, batch_size=8, prompt=None, max_new_tokens=None, mode=None, annotations=None,
+                             extra_records: dict[str, dict] | None = None, say=None, image_aspect_ratio=None,
+                             max_image_pixels=DEFAULT_MAX_PIXELS) -> dict[str, dict]:
+    """Several adapters (a MixedAnswerer, lntune.eval.mixed) on one benchmark in one pass: each batch holds
+    `batch_size` questions of several adapters, decoded together through the serving banks; adapter NAME's
+    predictions, metrics and settings go to outs[NAME] exactly as evaluate_benchmark writes them for it alone."""
+    runs = {name: prepare_benchmark(
+        mixed.generators[name], bench, data, images, out, limit=limit, batch_size=batch_size, prompt=prompt,
+        max_new_tokens=max_new_tokens, mode=mode, annotations=annotations,
+        extra_record=(extra_records or {}).get(name), say=say, image_aspect_ratio=image_aspect_ratio,
+        max_image_pixels=max_image_pixels) for name, out in outs.items()}
+    names = {id(run): name for name, run in runs.items()}
+    answered = {name: len(run.todo) for name, run in runs.items()}
+    max_new = next(iter(runs.values())).max_new_tokens  # one benchmark, one budget for every adapter
+    seconds = answer_runs(list(runs.values()), batch_size, lambda batch, questions, pictures: mixed.answer(
+        [names[id(run)] for run in batch], questions, pictures, max_new))
+    # generation_seconds is the shared pass's; items_per_second counts every adapter's answers of that pass.
+    together = sum(answered.values())
+    return {name: finish_benchmark(run, seconds, together, {"evaluated_with": sorted(runs)})
+            for name, run in runs.items()}
 
 
 def _picture(generator, item, bench: str, aspect_ratio: str, max_pixels: int):
@@ -224,6 +322,35 @@ def _picture(generator, item, bench: str, aspect_ratio: str, max_pixels: int):
     return apply_aspect_ratio(generator.processor, image, aspect_ratio)
 
 
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """How a model (or adapter) is asked: its template and system prompt, and what its images get."""
+
+    template: str
+    system: str | None
+    image_aspect_ratio: str
+    image_aspect_ratio_source: str
+
+
+def generator_settings(model_dir, adapter=None, template: str = "auto", system: str | None = None,
+                       image_aspect_ratio: str | None = None) -> GeneratorSettings:
+    """evaluation_prompt and evaluation_aspect_ratio of a model (plus adapter); read before any weight, so a model or
+    adapter recording an aspect ratio lntune lacks is refused at once."""
+    aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
+    template, system = evaluation_prompt(model_dir, adapter, template, system)
+    return GeneratorSettings(template, system, aspect_ratio, source)
+
+
+def make_generator(model, processor, settings: GeneratorSettings):
+    """An AnswerGenerator asking `model` as `settings` say (several may share one model: lntune.eval.mixed)."""
+    from lntune.eval.generate import AnswerGenerator
+
+    generator = AnswerGenerator(model, processor, settings.template, settings.system)
+    generator.image_aspect_ratio = settings.image_aspect_ratio
+    generator.image_aspect_ratio_source = settings.image_aspect_ratio_source
+    return generator
+
+
 def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto",
                    image_aspect_ratio: str | None = None, system: str | None = None):
     """The model (plus adapter) ready to answer; `generator.image_aspect_ratio` is what its images get (see
@@ -231,14 +358,9 @@ def load_generator(model_dir: str, adapter: str | None = None, template: str = "
     import torch
 
     from lntune.adapter import load_with_adapter
-    from lntune.eval.generate import AnswerGenerator
     from lntune.model.load import load_processor
 
-    # Before the weights: a model or adapter recording an aspect ratio lntune lacks is refused at once.
-    aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
-    template, system = evaluation_prompt(model_dir, adapter, template, system)
+    settings = generator_settings(model_dir, adapter, template, system, image_aspect_ratio)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_with_adapter(model_dir, adapter or None, dtype=dtype)
-    generator = AnswerGenerator(model.to(device), load_processor(model_dir), template, system)
-    generator.image_aspect_ratio, generator.image_aspect_ratio_source = aspect_ratio, source
-    return generator
+    return make_generator(model.to(device), load_processor(model_dir), settings)

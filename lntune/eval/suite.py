@@ -41,3 +41,32 @@ def evaluate_suite(model: str, adapter: str | None, benchmarks: list[BenchmarkFi
     table = report([out])
     (out / "report.md").write_text(table)
     return table
+
+
+def evaluate_suite_mixed(model: str, adapters: dict[str, str], benchmarks: list[BenchmarkFiles], out: Path, *,
+                         template: str = "auto", system: str | None = None, image_aspect_ratio: str | None = None,
+                         limit: int | None = None, batch_size: int = 8, prompt: str | None = None,
+                         max_new_tokens: int | None = None, mode: str | None = None, annotations: str | None = None,
+                         max_image_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Several adapters (name -> adapter folder) in one pass over each benchmark, decoded together (lntune.eval.mixed):
+    adapter NAME's results go to out/NAME/<bench>/ and out/NAME/report.md, as `evaluate_suite(model, folder, ...,
+    out/NAME)` writes them; returns one table with a row per adapter, also written to out/report.md."""
+    from lntune.eval.mixed import load_mixed
+    from lntune.eval.report import report
+    from lntune.eval.runner import evaluate_benchmark_mixed
+
+    mixed = load_mixed(model, adapters, template, system=system, image_aspect_ratio=image_aspect_ratio)
+    out = Path(out)
+    for benchmark in benchmarks:
+        evaluate_benchmark_mixed(
+            mixed, benchmark.bench, Path(benchmark.data), benchmark.images,
+            {name: out / name / benchmark.bench for name in adapters}, limit=limit, batch_size=batch_size,
+            prompt=prompt, max_new_tokens=max_new_tokens, mode=mode, annotations=annotations,
+            extra_records={name: {"model": str(model), "adapter": folder} for name, folder in adapters.items()},
+            max_image_pixels=max_image_pixels,
+        )
+    for name in adapters:
+        (out / name / "report.md").write_text(report([out / name]))
+    table = report([out / name for name in adapters])
+    (out / "report.md").write_text(table)
+    return table

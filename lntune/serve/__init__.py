@@ -8,7 +8,8 @@ adapters.py     AdapterSet: the base + loaded adapters on one model copy; load, 
 sampling.py     greedy (temperature 0) or temperature / top_p sampling per sequence
 text.py         TextAssembler: tokens -> streamed text, stop strings
 decoding.py     Decoder: a batch of sequences -> tokens with a KV cache, one forward per step
-batcher.py      Batcher: dynamic batching (wait window, max batch, bounded queue, graceful stop)
+joining.py      newcomers' KV cache appended to a running batch's (continuous batching)
+batcher.py      Batcher: dynamic batching (wait window, max batch, joining, bounded queue, graceful stop)
 images.py       base64 data: URLs -> RGB images, bounded in bytes and pixels (nothing is fetched)
 openai_schema.py  the request bodies (pydantic), as OpenAI defines them
 chat_request.py RequestBuilder: a chat request -> a Sequence through lntune eval's prompt builder

@@ -16,6 +16,7 @@ Every adapter carries its own prompt settings (template, system) and image aspec
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class AdapterSet:
         self.model_dir = Path(model_dir)
         self.lock = threading.RLock()
         self._registry_lock = threading.Lock()
+        self._changes_lock = threading.Lock()
+        self._changes_waiting = 0
         self.selection = RowSelection()
         parts = locate_parts(model)
         self._vision_path = _module_path(model, parts.vision_encoder)
@@ -140,6 +143,23 @@ class AdapterSet:
 
     # ---- load / unload ----------------------------------------------------------------------------------
 
+    @property
+    def changes_waiting(self) -> bool:
+        """A load or unload waits for the model lock: the decoder lets no more sequences join its running batch, so
+        the batch ends and the change gets its turn."""
+        return self._changes_waiting > 0
+
+    @contextlib.contextmanager
+    def _changing(self):
+        with self._changes_lock:
+            self._changes_waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._changes_lock:
+                self._changes_waiting -= 1
+
     def load(self, name: str, adapter_dir: str | Path) -> ServedModel:
         """Check the adapter completely (manifest, files, base fingerprint, every tensor's place and shape), then put
         it into a free row. Nothing changes when a check fails."""
@@ -171,7 +191,7 @@ class AdapterSet:
         placements = self._placements(tensors, adapter_dir)
         template, system = recorded_prompt(manifest.get("prompt"))
         method = manifest.get("method")
-        with self.lock:
+        with self._changing():
             if name == self.base.name or name in self.adapters:
                 raise ServeError(f"a model named {name!r} is already served; unload it first or choose another name",
                                  409, "name", "name_taken")
@@ -191,7 +211,7 @@ class AdapterSet:
             return served
 
     def unload(self, name: str) -> ServedModel:
-        with self.lock:
+        with self._changing():
             if name == self.base.name:
                 raise ServeError(f"{name!r} is the base model; only adapters can be unloaded", 400, "name")
             served = self.get(name)
@@ -255,3 +275,21 @@ class AdapterSet:
         image_rows = [row for row, count in zip(sequence_rows, images_per_sequence) for _ in range(count)]
         return (torch.tensor(sequence_rows, dtype=torch.long, device=device),
                 torch.tensor(image_rows, dtype=torch.long, device=device))
+
+
+def load_adapter_set(model_dir: str | Path, adapters: dict[str, str | Path] | None = None, dtype: str = "auto",
+                     device: str | None = None) -> AdapterSet:
+    """The base model of `model_dir` (on `device`, default cuda if present) with every adapter of `adapters`
+    (name -> folder) in its banks: what `lntune serve` serves, and what `lntune eval` / `lntune chat` with several
+    `--adapter NAME=DIR` decode together. An adapter that cannot be loaded is one LntuneError naming it."""
+    from lntune.model.load import check_model_dir, load_model
+
+    check_model_dir(Path(model_dir))  # before the weights: a wrong folder fails in a second
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    adapter_set = AdapterSet(load_model(model_dir, dtype=dtype).to(device).eval(), model_dir)
+    for name, folder in (adapters or {}).items():
+        try:
+            adapter_set.load(name, folder)
+        except ServeError as error:
+            raise LntuneError(f"adapter {name} ({folder}): {error}") from None
+    return adapter_set

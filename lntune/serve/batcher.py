@@ -1,8 +1,9 @@
 """Batcher: dynamic batching. Requests that arrive together are decoded together.
 
 One decoder thread takes the oldest waiting request, waits up to `batch_wait_ms` after its arrival for others (or
-until `max_batch` are waiting), and decodes them as one batch to the end; requests arriving meanwhile form the next
-batch. The queue is bounded (`max_queue`; one more is answered 503). Stopping lets the thread finish the running
+until `max_batch` are waiting), and decodes them as one batch to the end. Requests arriving meanwhile join the
+running batch at its next step while it has room (`join`: continuous batching; lntune.serve.joining), else they
+form the next batch. The queue is bounded (`max_queue`; one more is answered 503). Stopping lets the thread finish the running
 batch and everything already queued (graceful shutdown), while new requests are refused (503).
 """
 
@@ -17,8 +18,10 @@ from lntune.serve.errors import ServeError
 
 
 class Batcher:
-    def __init__(self, decoder: Decoder, max_batch: int, batch_wait_ms: float, max_queue: int, say=print):
+    def __init__(self, decoder: Decoder, max_batch: int, batch_wait_ms: float, max_queue: int, say=print,
+                 join: bool = True):
         self.decoder = decoder
+        self.join = join
         self.max_batch = max_batch
         self.wait = batch_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -79,6 +82,18 @@ class Batcher:
             count = min(self.max_batch, len(self._queue))
             return [self._queue.popleft() for _ in range(count)]
 
+    def _joining(self, active: int) -> list[Sequence]:
+        """Waiting requests that fit beside `active` running sequences (none when the batch is full), oldest first;
+        the decoder asks between steps."""
+        taken, cancelled = [], []
+        with self._condition:
+            while self._queue and len(taken) < self.max_batch - active:
+                sequence = self._queue.popleft()
+                (cancelled if sequence.cancelled.is_set() else taken).append(sequence)
+        for sequence in cancelled:
+            sequence.sink.on_finish("cancelled", len(sequence.prompt_ids), 0, "")
+        return taken
+
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
@@ -91,7 +106,7 @@ class Batcher:
             if not live:
                 continue
             try:
-                stats = self.decoder.run(live)
+                stats = self.decoder.run(live, self._joining if self.join else None)
             except Exception as error:  # noqa: BLE001 - Decoder.run fails its sequences itself; this is a last guard
                 self.say(f"lntune serve: a batch failed: {type(error).__name__}: {error}")
                 for sequence in live:

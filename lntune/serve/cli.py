@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="sequences decoded together at most (default 16)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="how long a request waits for others to batch with (default 5)")
+    parser.add_argument("--no-join", dest="join_running", action="store_false",
+                        help="requests arriving while a batch decodes wait for it to end (default: they join it at "
+                             "its next step while it has room)")
     parser.add_argument("--max-queue", type=int, default=256, help="waiting requests at most; more get 503 (default 256)")
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask (1024)")
     parser.add_argument("--default-max-tokens", type=int,
@@ -35,20 +38,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"pixels of one image, checked before decoding (default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--max-body-bytes", type=int, default=32 * 1024 * 1024, help="request body size (32 MiB)")
-
-
-def _adapter_specs(specs: list[str]) -> dict[str, str]:
-    from lntune.errors import LntuneError
-
-    adapters = {}
-    for spec in specs:
-        name, separator, folder = spec.partition("=")
-        if not separator or not name or not folder:
-            raise LntuneError(f"--adapter {spec!r}: give NAME=DIR (e.g. --adapter ln=runs/ln/adapter)")
-        if name in adapters:
-            raise LntuneError(f"--adapter {name} is given twice; each adapter needs its own name")
-        adapters[name] = folder
-    return adapters
 
 
 def _require_server_packages() -> None:
@@ -66,6 +55,7 @@ def _require_server_packages() -> None:
 
 def run(args) -> int:
     _require_server_packages()
+    from lntune.cli.command import named_adapters
     from lntune.serve.server import serve_forever
     from lntune.serve.service import ChatService, adapter_folder
     from lntune.serve.settings import ServeSettings
@@ -74,11 +64,11 @@ def run(args) -> int:
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=args.api_key, max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+        batch_wait_ms=args.batch_wait_ms, join_running=args.join_running, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
         default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
         max_images=args.max_images, max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
         max_body_bytes=args.max_body_bytes)
-    adapters = {name: adapter_folder(Path(folder)) or Path(folder) for name, folder in _adapter_specs(args.adapter).items()}
+    adapters = {name: adapter_folder(Path(folder)) or Path(folder) for name, folder in named_adapters(args.adapter).items()}
     if settings.exposed and settings.api_key is None:
         say(f"lntune serve: warning: listening on {settings.host} with no --api-key: anyone who can reach this "
             "machine can use the model")

@@ -4,7 +4,8 @@ The prompts are left-padded (generation continues from the right end of every ro
 the attention mask, as transformers' generate does, so a sequence decodes as it would alone. The prefill runs the
 images through the vision tower once; each later step feeds one token per sequence and reuses the cache. A sequence
 that ends (end-of-sequence token, stop string, max_tokens, client gone) leaves the batch at once: its rows are
-dropped from the cache, the mask and the adapter rows, so the others carry on without it.
+dropped from the cache, the mask and the adapter rows, so the others carry on without it. Sequences that arrive meanwhile can join at the next step (`more`, from the
+batcher): they are prefilled on their own and their cache appended to the batch's (lntune.serve.joining).
 
 Every sequence names the model it asks (the base or an adapter); the adapter rows of the batch are set for each
 forward pass (lntune.serve.rows), so sequences of different adapters share every forward pass.
@@ -25,6 +26,7 @@ from transformers import DynamicCache
 
 from lntune.serve.adapters import AdapterSet
 from lntune.serve.errors import ServeError
+from lntune.serve.joining import join, joinable
 from lntune.serve.sampling import SamplingParams, make_generator, next_token
 from lntune.serve.text import TextAssembler
 
@@ -91,26 +93,20 @@ class Decoder:
         self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
 
-    def run(self, sequences: list[Sequence]) -> BatchStats:
-        """Decode a batch to the end. A sequence whose model was unloaded meanwhile fails alone; a failure of the
-        forward pass fails the sequences of this batch (500), never the server."""
+    def run(self, sequences: list[Sequence], more=None) -> BatchStats:
+        """Decode a batch to the end. `more(active)`, when given, is asked between steps for waiting sequences to join
+        the batch (at most what fits beside `active` running ones); they are prefilled and decoded on with the others
+        (lntune.serve.joining). A sequence whose model was unloaded meanwhile fails alone; a failure of the forward
+        pass fails the sequences of this batch (500), never the server."""
         stats = BatchStats()
         with self.adapters.lock:
-            live = []
-            for sequence in sequences:
-                try:
-                    self.adapters.get(sequence.model_name)
-                except ServeError as error:
-                    sequence.sink.on_error(error)
-                    continue
-                live.append(sequence)
-            if not live:
+            running = self._admit(sequences)
+            if not running:
                 return stats
-            running = [_Running(s, TextAssembler(self.tokenizer, s.stop), make_generator(s.sampling)) for s in live]
             started = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    self._decode(running, stats)
+                    self._decode(running, stats, more)
             except Exception as error:  # noqa: BLE001 - a failing batch must not take the decoder thread down
                 for state in running:
                     if state.finish_reason is None:
@@ -121,13 +117,28 @@ class Decoder:
             stats.seconds = time.perf_counter() - started
         return stats
 
+    def _admit(self, sequences: list[Sequence]) -> list[_Running]:
+        """Running states of the sequences whose model is (still) served; the others fail alone (404)."""
+        admitted = []
+        for sequence in sequences:
+            try:
+                self.adapters.get(sequence.model_name)
+            except ServeError as error:
+                sequence.sink.on_error(error)
+                continue
+            admitted.append(_Running(sequence, TextAssembler(self.tokenizer, sequence.stop),
+                                     make_generator(sequence.sampling)))
+        return admitted
+
     def _forward(self, sequence_rows, image_rows, **inputs):
         with self.adapters.selection.use(sequence_rows, image_rows):
             output = self.model(**inputs, use_cache=True, logits_to_keep=1)
         return output.logits[:, -1, :].float()  # [B, V]
 
-    def _decode(self, running: list[_Running], stats: BatchStats) -> None:
-        sequences = [state.sequence for state in running]
+    def _prefill(self, states: list[_Running]):
+        """One forward pass over the left-padded prompts (images through the vision tower once): (logits [B, V],
+        cache, attention mask [B, T], positions [B] of the last prompt token, sequence rows [B])."""
+        sequences = [state.sequence for state in states]
         length = max(len(s.prompt_ids) for s in sequences)
         batch = len(sequences)
         input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
@@ -144,33 +155,56 @@ class Decoder:
         sequence_rows, image_rows = self.adapters.rows([s.model_name for s in sequences], [s.images for s in sequences])
         cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
         logits = self._forward(sequence_rows, image_rows, **inputs, **{self.cache_argument: cache})
-        attention_mask = inputs["attention_mask"]
-        positions = inputs["position_ids"][:, -1]  # [B]
-        active = list(range(batch))
+        return logits, cache, inputs["attention_mask"], inputs["position_ids"][:, -1], sequence_rows
+
+    def _choose(self, states: list[_Running], logits: torch.Tensor, stats: BatchStats) -> list[int]:
+        """Each row's next token (greedy or sampled), handed to its sequence; returns the tokens in row order."""
+        chosen = []
+        greedy = logits.argmax(-1).tolist()  # one device sync for every greedy row of the step
+        sampled = None
+        for row, state in enumerate(states):
+            if state.sequence.sampling.greedy:
+                token = greedy[row]
+            else:
+                sampled = logits.cpu() if sampled is None else sampled
+                token = next_token(sampled[row], state.sequence.sampling, state.generator)
+            chosen.append(token)
+            self._take(state, token)
+            stats.tokens += token not in self.eos_ids
+        return chosen
+
+    def _decode(self, running: list[_Running], stats: BatchStats, more=None) -> None:
+        """Decode `running` to the end; sequences that join are appended to `running` (so a failure reaches them)."""
+        logits, cache, attention_mask, positions, sequence_rows = self._prefill(running)
+        active = list(running)
+        can_join = more is not None and joinable(cache)
         while True:
             stats.steps += 1
-            chosen = []
-            greedy = logits.argmax(-1).tolist()  # one device sync for every greedy row of the step
-            sampled = None
-            for position, i in enumerate(active):
-                state = running[i]
-                if state.sequence.sampling.greedy:
-                    token = greedy[position]
-                else:
-                    sampled = logits.cpu() if sampled is None else sampled
-                    token = next_token(sampled[position], state.sequence.sampling, state.generator)
-                chosen.append(token)
-                self._take(state, token)
-                stats.tokens += token not in self.eos_ids
-            keep = [position for position, i in enumerate(active) if running[i].finish_reason is None]
+            chosen = self._choose(active, logits, stats)
+            keep = [row for row, state in enumerate(active) if state.finish_reason is None]
             if not keep:
-                return
+                return  # the batch is over; whatever waits starts the next one
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 attention_mask, positions, sequence_rows = attention_mask[index], positions[index], sequence_rows[index]
-            next_ids = torch.tensor([[chosen[position]] for position in keep], device=self.device)  # [b, 1]
-            active = [active[position] for position in keep]
+            next_tokens = [chosen[row] for row in keep]
+            active = [active[row] for row in keep]
+            joining = self._admit(more(len(active))) if can_join and not self.adapters.changes_waiting else []
+            if joining:
+                running.extend(joining)
+                new_logits, new_cache, new_mask, new_positions, new_rows = self._prefill(joining)
+                new_chosen = self._choose(joining, new_logits, stats)
+                new_keep = [row for row, state in enumerate(joining) if state.finish_reason is None]
+                if new_keep:
+                    index = torch.tensor(new_keep, device=self.device)
+                    new_cache.batch_select_indices(index)
+                    attention_mask = join(cache, attention_mask, new_cache, new_mask[index])
+                    positions = torch.cat([positions, new_positions[index]])
+                    sequence_rows = torch.cat([sequence_rows, new_rows[index]])
+                    next_tokens += [new_chosen[row] for row in new_keep]
+                    active += [joining[row] for row in new_keep]
+            next_ids = torch.tensor([[token] for token in next_tokens], device=self.device)  # [b, 1]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
             positions = positions + 1
             logits = self._forward(sequence_rows, None, input_ids=next_ids, attention_mask=attention_mask,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lntune.adapter import MANIFEST
 from lntune.errors import LntuneError
-from lntune.serve.adapters import AdapterSet, ServedModel
+from lntune.serve.adapters import ServedModel, load_adapter_set
 from lntune.serve.batcher import Batcher
 from lntune.serve.chat_request import RequestBuilder
 from lntune.serve.decoding import Decoder
@@ -40,20 +40,16 @@ class ChatService:
     def __init__(self, model_dir: str | Path, settings: ServeSettings | None = None,
                  adapters: dict[str, str | Path] | None = None, adapters_dir: str | Path | None = None,
                  dtype: str = "auto", device: str | None = None, say=print):
-        import torch
-
-        from lntune.model.load import check_model_dir, load_model, load_processor
+        from lntune.model.load import load_processor
 
         self.settings = settings or ServeSettings()
         self.say = say
         self.model_dir = Path(model_dir)
         self.adapters_dir = Path(adapters_dir).expanduser().resolve() if adapters_dir else None
         found = adapters_in(self.adapters_dir) if self.adapters_dir else {}
-        check_model_dir(self.model_dir)  # before the weights: a wrong folder fails in a second
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(self.model_dir, dtype=dtype).to(device).eval()
+        self.adapters = load_adapter_set(self.model_dir, {**found, **(adapters or {})}, dtype, device)
+        model = self.adapters.model
         processor = load_processor(self.model_dir)
-        self.adapters = AdapterSet(model, self.model_dir)
         if self.adapters.unbanked_norms:
             classes = sorted(set(self.adapters.unbanked_norms.values()))
             say(f"lntune serve: {len(self.adapters.unbanked_norms)} norms ({', '.join(classes)}) compute a formula "
@@ -62,14 +58,14 @@ class ChatService:
         context = getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.requests = RequestBuilder(processor, model.config.image_seq_length, context, self.settings)
         self._check_prompts(self.adapters.base)
-        for name, folder in {**found, **(adapters or {})}.items():
+        for served in list(self.adapters.adapters.values()):
             try:
-                self._check_prompts(self.adapters.load(name, folder))
+                self._check_prompts(served)
             except ServeError as error:
-                raise LntuneError(f"adapter {name} ({folder}): {error}") from None
+                raise LntuneError(f"adapter {served.name} ({served.path}): {error}") from None
         self.decoder = Decoder(model, processor.tokenizer, self.adapters)
         self.batcher = Batcher(self.decoder, self.settings.max_batch, self.settings.batch_wait_ms,
-                               self.settings.max_queue, say=say)
+                               self.settings.max_queue, say=say, join=self.settings.join_running)
         self.created = int(time.time())
 
     def start(self) -> None:

@@ -21,6 +21,9 @@ class ServeSettings:
     """Sequences decoded together at most (one forward pass per step for all of them)."""
     batch_wait_ms: float = 5.0
     """How long the first request of a batch waits for others to arrive."""
+    join_running: bool = True
+    """Requests arriving while a batch decodes join it at its next step (continuous batching) while it has room;
+    False: they wait for the batch to end and form the next one."""
     max_queue: int = 256
     """Requests waiting for a batch at most; one more is answered 503 (busy) rather than queued without bound."""
     max_tokens_limit: int = 1024
