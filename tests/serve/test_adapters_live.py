@@ -153,13 +153,20 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     http, service = server
     full = _answer(http, "simple-b", seed=6, max_tokens=200)
     before = len(service.batcher.batches)
-    with http.stream("POST", "/v1/chat/completions", json=_ask("simple-b", seed=6, max_tokens=200, stream=True)) as response:
-        lines = response.iter_lines()
-        for _ in range(3):
-            next(lines)
-    deadline = time.monotonic() + 60
-    while len(service.batcher.batches) == before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Each decoding step takes at least 20 ms, so the 200 tokens take 4 s or more: the client's leaving, a few ms
+    # after its third line, is seen mid-answer even on a machine busy enough to stall the server for a while.
+    slow_steps = service.decoder.model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
+    try:
+        with http.stream("POST", "/v1/chat/completions",
+                         json=_ask("simple-b", seed=6, max_tokens=200, stream=True)) as response:
+            lines = response.iter_lines()
+            for _ in range(3):
+                next(lines)
+        deadline = time.monotonic() + 60
+        while len(service.batcher.batches) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        slow_steps.remove()
     assert full["finish_reason"] == "length"  # left alone, the answer runs to all 200 tokens
     assert service.batcher.batches[before].tokens < 200
 
