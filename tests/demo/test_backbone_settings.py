@@ -37,10 +37,15 @@ def test_the_cache_key_holds_the_llm_shape_and_keeps_the_default_key():
     assert len(keys) == 4  # never a 4-block LLM for an 8-block request, nor one width for another
 
 
-def test_the_deep_preset_is_the_default_with_eight_blocks():
-    deep = BACKBONE_PRESETS["deep"]
-    assert deep.llm_layers == 8 and deep.llm_hidden_size == BackboneBudget().llm_hidden_size
-    assert BACKBONE_PRESETS["default"] == BackboneBudget()
+def _block_parameters(layers: int, hidden: int) -> int:
+    return layers * (4 * hidden * hidden + 3 * hidden * 3 * hidden)  # attention q, k, v, o + MLP gate, up, down
+
+
+def test_the_deep_preset_has_eight_blocks_and_about_the_default_size():
+    deep, default = BACKBONE_PRESETS["deep"], BACKBONE_PRESETS["default"]
+    assert default == BackboneBudget() and deep.llm_layers >= 8
+    ratio = _block_parameters(deep.llm_layers, deep.llm_hidden_size) / _block_parameters(4, 128)
+    assert 0.9 < ratio < 1.25  # depth is what changes, not the size
 
 
 def _load(tmp_path, backbones: str):
@@ -51,7 +56,8 @@ def _load(tmp_path, backbones: str):
 
 def test_a_compare_config_names_a_preset_and_overrides_its_values(tmp_path):
     assert _load(tmp_path, "{preset: deep}").backbones == BACKBONE_PRESETS["deep"]
-    assert _load(tmp_path, "{preset: deep, llm_steps: 5}").backbones == BackboneBudget(llm_steps=5, llm_layers=8)
+    assert _load(tmp_path, "{preset: deep, llm_steps: 5}").backbones == BackboneBudget(
+        llm_steps=5, llm_layers=BACKBONE_PRESETS["deep"].llm_layers, llm_hidden_size=BACKBONE_PRESETS["deep"].llm_hidden_size)
     assert _load(tmp_path, "{llm_layers: 6, llm_hidden_size: 64}").backbones == BackboneBudget(
         llm_layers=6, llm_hidden_size=64)
 
@@ -68,7 +74,7 @@ def test_backbones_mistakes_name_the_key(tmp_path, backbones, message):
         _load(tmp_path, backbones)
 
 
-@pytest.mark.parametrize("budget,steps", [("smoke", 3), ("default", 1000)])
+@pytest.mark.parametrize("budget,steps", [("smoke", 3), ("default", BACKBONE_PRESETS["deep"].llm_steps)])
 def test_demo_backbones_flag_picks_the_preset(tmp_path, monkeypatch, budget, steps):
     import lntune.demo.backbones_cache
     from lntune.cli import main
@@ -81,4 +87,15 @@ def test_demo_backbones_flag_picks_the_preset(tmp_path, monkeypatch, budget, ste
 
     monkeypatch.setattr(lntune.demo.backbones_cache, "prepare_world", stop_after_recording)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--backbones", "deep", "--budget", budget]) == 1
-    assert (seen["budget"].llm_layers, seen["budget"].llm_steps) == (8, steps)  # smoke: the shape, not the steps
+    assert seen["budget"].llm_layers == 8 and seen["budget"].llm_steps == steps  # smoke: the shape, not the steps
+
+
+def test_the_shipped_deep_compare_config():
+    from pathlib import Path
+
+    config = load_compare_config(Path(__file__).resolve().parents[2] / "configs" / "demo-deep-compare.yaml")
+    assert config.backbones == BACKBONE_PRESETS["deep"]
+    runs = [run for study in config.studies.values() for run in study.runs]
+    assert {run.method for run in runs} == {"full", "lora", "layernorm", "layernorm-simple"}
+    seeds = {run.overrides for run in runs}
+    assert len(seeds) >= 2 and all(len(override) == 1 and override[0].startswith("train.seed=") for override in seeds)
