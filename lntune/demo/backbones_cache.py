@@ -50,11 +50,11 @@ class BackboneBudget:
 # Named backbone settings: `backbones: {preset: deep}` in a compare config, `lntune demo --backbones deep`.
 # deep: for the layer-similarity analysis (4 blocks give only 6 pairs of layers, 8 give 28): twice the blocks at
 # three-quarters the width, so about the default LLM's parameters and compute per token (0.96M vs 0.85M in the
-# blocks): depth is what changes. 500 steps, because the busy machine it was sized on could not afford more; how
-# well it learned against the default LLM: docs/benchmarks.md, "Layer similarity on the deep world".
+# blocks): depth is what changes. The default's 1,000 steps: 500 left it unable to read colours from its context
+# (bench/grounding_probe.py; docs/benchmarks.md, "Layer similarity on the deep world").
 BACKBONE_PRESETS = {
     "default": BackboneBudget(),
-    "deep": BackboneBudget(llm_steps=500, llm_layers=8, llm_hidden_size=96),
+    "deep": BackboneBudget(llm_layers=8, llm_hidden_size=96),
 }
 
 

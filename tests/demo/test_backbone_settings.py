@@ -94,7 +94,8 @@ def test_the_shipped_deep_compare_config():
     from pathlib import Path
 
     config = load_compare_config(Path(__file__).resolve().parents[2] / "configs" / "demo-deep-compare.yaml")
-    assert config.backbones == BACKBONE_PRESETS["deep"]
+    deep = BACKBONE_PRESETS["deep"]
+    assert (config.backbones.llm_layers, config.backbones.llm_hidden_size) == (deep.llm_layers, deep.llm_hidden_size)
     runs = [run for study in config.studies.values() for run in study.runs]
     assert {run.method for run in runs} == {"full", "lora", "layernorm", "layernorm-simple"}
     seeds = {run.overrides for run in runs}
