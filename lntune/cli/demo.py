@@ -11,6 +11,9 @@ def _demo_arguments(parser):
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached tiny world and backbones")
     parser.add_argument("--budget", default="default", choices=["default", "smoke"],
                         help="smoke: a seconds-long run through every step (numbers are not meaningful)")
+    parser.add_argument("--backbones", default="default", choices=["default", "deep"],
+                        help="the tiny world's backbones: default (a 4-block LLM) or deep (8 blocks, for the "
+                             "layer-similarity analysis); each is cached on its own")
 
 
 def _demo_run(args) -> int:
@@ -22,7 +25,7 @@ def _demo_run(args) -> int:
     for name in methods:
         if name not in METHODS:
             raise unknown_key_error("method", name, METHODS)
-    return run_demo(args.out, methods, args.rebuild, args.budget)
+    return run_demo(args.out, methods, args.rebuild, args.budget, backbones=args.backbones)
 
 
 DEMO = Command(_demo_arguments, _demo_run, "the paper in miniature on the built-in tiny world (CPU, minutes)")

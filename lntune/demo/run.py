@@ -29,16 +29,22 @@ def _say(message: str) -> None:
 
 
 def run_demo(out: str | Path, methods=("layernorm",), rebuild: bool = False, budget_name: str = "default",
-             cache: Path | None = None) -> int:
-    from lntune.demo.backbones_cache import BackboneBudget, prepare_world
+             cache: Path | None = None, backbones: str = "default") -> int:
+    """`backbones` names a preset of BACKBONE_PRESETS (deep: an 8-block LLM); the smoke budget keeps its shape."""
+    from dataclasses import replace
+
+    from lntune.demo.backbones_cache import BACKBONE_PRESETS, prepare_world
 
     started = time.monotonic()
     out = Path(out)
     size, budget = BUDGETS[budget_name]
-    backbone_budget = BackboneBudget() if budget_name == "default" else BackboneBudget(llm_steps=3, vision_steps=3)
+    backbone_budget = BACKBONE_PRESETS[backbones]
+    if budget_name != "default":
+        backbone_budget = replace(backbone_budget, llm_steps=3, vision_steps=3)
     _say("[1/5] tiny world and pretrained backbones")
     paths = prepare_world(size=size, budget=backbone_budget, rebuild=rebuild, root=cache)
-    _say("[2/5] lntune build: tiny LLM + tiny CLIP -> Llava MLLM (linear connector, as in the paper)")
+    _say(f"[2/5] lntune build: tiny LLM ({backbone_budget.llm_layers} blocks) + tiny CLIP -> Llava MLLM "
+         "(linear connector, as in the paper)")
     model = build_model(paths, out / "model")
     _say("[3/5] stage 1: the connector on captions")
     first = stage1(model, paths, out / "runs" / "stage1", budget)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lntune.config import config_from_dict, load_yaml
-from lntune.demo.backbones_cache import BackboneBudget
+from lntune.demo.backbones_cache import BackboneBudget, backbone_settings
 from lntune.demo.files import WorldSize
 from lntune.demo.pipeline import BENCHES, DemoBudget
 from lntune.errors import LntuneError, unknown_key_error
@@ -112,7 +112,7 @@ class CompareConfig:
     world_size: WorldSize = field(default_factory=WorldSize)
     """The tiny world's scene counts."""
     backbones: BackboneBudget = field(default_factory=BackboneBudget)
-    """The tiny world's backbone pretraining steps."""
+    """The tiny world's backbone pretraining steps and LLM shape; `preset: deep` starts from a named setting."""
     seed: int = 0
     """The tiny world's seed and the similarity samples' draw (not the training seeds: `seeds`)."""
     seeds: tuple[int, ...] = (0,)
@@ -155,6 +155,8 @@ def load_compare_config(path: str | Path) -> CompareConfig:
     if not isinstance(studies, dict):
         raise LntuneError(f"{path}: studies must be a mapping of study name -> study, got {studies!r}")
     parsed = {str(name): _study(body, f"{path}: study {name!r}") for name, body in studies.items()}
+    if "backbones" in data:
+        data["backbones"] = backbone_settings(data["backbones"], str(path))
     lr_search = _lr_search(data.get("lr_search"), parsed, f"{path}: lr_search")
     # config_from_dict keeps the mappings (studies, paths) as given: they are checked here, the rest there.
     config = config_from_dict(CompareConfig, {**data, "studies": parsed, "lr_search": lr_search}, str(path))

@@ -54,6 +54,14 @@ class TrainedRun:
     """OUT/eval/RUN_FOLDER: one per seed, in `seeds` order."""
 
 
+def _runs_by_seed(trained: dict[str, TrainedRun], seeds) -> dict[str, Path]:
+    """Every seed's run folder for the analyses, named `RUN (seed S)` when there are several seeds: the paper's
+    layer-similarity and gradient claims are then seen seed by seed."""
+    if len(seeds) == 1:
+        return {name: run.runs[0] for name, run in trained.items()}
+    return {f"{name} (seed {seed})": folder for name, run in trained.items() for seed, folder in zip(seeds, run.runs)}
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -128,7 +136,7 @@ def run_studies(config: CompareConfig, out: Path, rebuild: bool = False, source:
             _say(f"[{study_name}] analyses: layer similarity, gradient variance, norm drift")
             references = {"stage 1 only": (str(stage1_model), None)} if study.baselines else {}
             sections.append(analysis_section(
-                {name: run.runs[0] for name, run in trained.items()}, out / "analysis" / study_name, out,
+                _runs_by_seed(trained, config.seeds), out / "analysis" / study_name, out,
                 config.analysis, data=similarity_data, image_folder=similarity_images, references=references,
                 seed=config.seed))
         record["studies"][study_name] = {name: _run_record(run, comparisons.get(name), out)

@@ -270,8 +270,8 @@ def test_research_compare_smoke(tmp_path, monkeypatch):
         "backbones: {llm_steps: 3, vision_steps: 3}\n"
         "budget: {stage1_steps: 2, stage2_steps: 2, batch_size: 4, eval_batch_size: 8, eval_limit: 8}\n"
         "benches: [vqav2, pope, coco, mme]\nseeds: [0, 1]\nlr_search: {layernorm: [1.0e-3, 1.0e-2]}\n"
-        "validation: {samples: 6}\nbootstrap: {resamples: 50}\ngallery: 2\n"
-        "studies:\n  m:\n    title: Methods\n    analysis: false\n    runs:\n"
+        "validation: {samples: 6}\nbootstrap: {resamples: 50}\ngallery: 2\nanalysis: {n: 4, batch_size: 4}\n"
+        "studies:\n  m:\n    title: Methods\n    runs:\n"
         "      - {name: layernorm, method: layernorm}\n      - {name: layernorm-simple, method: layernorm-simple}\n")
     out = tmp_path / "out"
     assert run_compare(config, out=str(out)) == 0
@@ -282,6 +282,9 @@ def test_research_compare_smoke(tmp_path, monkeypatch):
     assert "**Against layernorm** (paired bootstrap over 2 seeds" in report and "| layernorm-simple | " in report
     assert "**Gallery**" in report and (out / "gallery" / "m").is_dir()
     assert (out / "lr_m.png").is_file()
+    # the analyses see every seed's run, each under its own name
+    for name in ("layernorm (seed 0)", "layernorm (seed 1)", "layernorm-simple (seed 1)"):
+        assert f"| {name} | " in report.split("### Analyses")[1]
     # the validation split is scenes of its own: no image of it is a training or benchmark image
     validation = json.loads((out / "validation" / "validation.json").read_text())
     assert len(validation) == 6 and all(r["image"].startswith("validation/") for r in validation)
