@@ -8,6 +8,14 @@ from pathlib import Path
 from lntune.cli.command import Command
 
 
+def _add_quantize_arguments(parser):
+    parser.add_argument("--quantize", choices=["4bit", "8bit"],
+                        help="load the base quantized as `lntune train --quantize` does (default: full precision, "
+                             "also for an adapter trained on a quantized base)")
+    parser.add_argument("--quantize-vision", action="store_true",
+                        help="with --quantize: the vision tower's linear layers too")
+
+
 def _add_image_arguments(parser):
     parser.add_argument("--image-aspect-ratio", choices=["pad", "crop"],
                         help="default: what the adapter / model recorded in training, else pad (LLaVA-1.5)")
@@ -31,6 +39,7 @@ def _eval_arguments(parser):
     parser.add_argument("--mode", help="metric mode (see lntune score --help)")
     parser.add_argument("--template", default="auto", help="chat template (as in training)")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_quantize_arguments(parser)
     _add_image_arguments(parser)
 
 
@@ -49,7 +58,7 @@ def _eval_run(args) -> int:
         args.model, args.adapter, benchmarks, Path(args.out), template=args.template, system=args.system,
         image_aspect_ratio=args.image_aspect_ratio, limit=args.limit, batch_size=args.batch_size, prompt=args.prompt,
         max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
-        max_image_pixels=args.max_image_pixels,
+        max_image_pixels=args.max_image_pixels, quantize=args.quantize, quantize_vision=args.quantize_vision,
     ))
     return 0
 
@@ -128,6 +137,7 @@ def _chat_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--template", default="auto")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_quantize_arguments(parser)
     _add_image_arguments(parser)
 
 
@@ -136,7 +146,8 @@ def _chat_run(args) -> int:
 
     return chat(args.model, args.adapter, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
                 template=args.template, system=args.system, image_aspect_ratio=args.image_aspect_ratio,
-                max_image_pixels=args.max_image_pixels)
+                max_image_pixels=args.max_image_pixels, quantize=args.quantize,
+                quantize_vision=args.quantize_vision)
 
 
 EVAL = Command(_eval_arguments, _eval_run, "evaluate on MME, VQAv2, COCO, Flickr30k, POPE from their official files")

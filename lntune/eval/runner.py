@@ -172,8 +172,12 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
     for item in items:
         if item.image is not None:
             confine(item.image, folders, f"{bench} item {item.id}")
+    # Which base answered (None: full precision; else lntune.model.quantize.describe): in settings.json, so that
+    # answers from another base are never continued, and in metrics.json, so that scores are never mixed up.
+    base_quantization = getattr(generator, "base_quantization", None)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, {"benchmark": bench, "data": str(Path(data).resolve()), "limit": limit,
+    _check_settings(out, {"benchmark": bench, "base_quantization": base_quantization,
+                          "data": str(Path(data).resolve()), "limit": limit,
                           "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
                           "max_new_tokens": max_new_tokens, "image_aspect_ratio": aspect_ratio,
                           **(extra_record or {})})
@@ -204,6 +208,7 @@ def evaluate_benchmark(generator, bench: str, data: Path, images: Path | None, o
         "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
         "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size},
         "image_aspect_ratio": aspect_ratio, "image_aspect_ratio_source": aspect_ratio_source,
+        "base_quantization": base_quantization,
         "generation_seconds": seconds, "items_per_second": len(todo) / seconds if todo and seconds else None,
         **(extra_record or {}), "metrics": metrics,
     }
@@ -225,20 +230,35 @@ def _picture(generator, item, bench: str, aspect_ratio: str, max_pixels: int):
 
 
 def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto",
-                   image_aspect_ratio: str | None = None, system: str | None = None):
+                   image_aspect_ratio: str | None = None, system: str | None = None, quantize: str | None = None,
+                   quantize_vision: bool = False, say=None):
     """The model (plus adapter) ready to answer; `generator.image_aspect_ratio` is what its images get (see
-    evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why."""
+    evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why.
+
+    quantize (4bit / 8bit; quantize_vision): the base loaded quantized as `lntune train --quantize` loads it. Without
+    it the base is full precision, also for an adapter trained on a quantized base (what merging it gives); `say`
+    (default stderr) then gets one line saying so. `generator.base_quantization` records which base answered."""
     import torch
 
-    from lntune.adapter import load_with_adapter
+    from lntune.adapter import load_with_adapter, read_manifest
     from lntune.eval.generate import AnswerGenerator
     from lntune.model.load import load_processor
+    from lntune.model.quantize import check_request, evaluation_note, quantization_of
 
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    check_request(quantize, quantize_vision)
     # Before the weights: a model or adapter recording an aspect ratio lntune lacks is refused at once.
     aspect_ratio, source = evaluation_aspect_ratio(model_dir, adapter, image_aspect_ratio)
     template, system = evaluation_prompt(model_dir, adapter, template, system)
+    note = evaluation_note(adapter, read_manifest(adapter), quantize) if adapter else None
+    if note:
+        say(note)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_with_adapter(model_dir, adapter or None, dtype=dtype)
-    generator = AnswerGenerator(model.to(device), load_processor(model_dir), template, system)
+    model = load_with_adapter(model_dir, adapter or None, dtype=dtype, quantize=quantize,
+                              quantize_vision=quantize_vision)
+    if quantize is None:
+        model = model.to(device)  # a quantized load is already where it computes (load_model)
+    generator = AnswerGenerator(model, load_processor(model_dir), template, system)
     generator.image_aspect_ratio, generator.image_aspect_ratio_source = aspect_ratio, source
+    generator.base_quantization = quantization_of(model)
     return generator
