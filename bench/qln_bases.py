@@ -6,7 +6,8 @@ the LLM blocks' linear layers in NF4). Then the five tiny benchmarks are answere
   - fp32 adapter on the fp32 base (the ordinary run);
   - QLN adapter on the 4-bit base (as trained: `lntune eval --quantize 4bit`);
   - QLN adapter on the fp32 base (what `lntune merge` gives: `lntune eval` without --quantize).
-Printed: one table, the scores of each row plus the training run's median s/step (its own metrics.jsonl).
+Printed: one table, the scores of each row, the share of all its answers (five benchmarks) that are word for word
+those of the QLN adapter on its own 4-bit base, and the training run's median s/step (its own metrics.jsonl).
 
 Everything goes through the public functions `lntune demo` uses (lntune.demo.pipeline), so a row is what the
 commands give. Runs and evaluations already finished in --out are reused; the world is cached under --cache.
@@ -38,6 +39,15 @@ TRAINED_ON = {"fp32": None, "qln4": "4bit"}
 
 def _load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _answers(folder: Path) -> dict[tuple[str, str], str]:
+    """(benchmark, item id) -> the answer, from an evaluation's predictions.jsonl files."""
+    from lntune.eval.runner import PREDICTIONS, read_predictions
+
+    return {(bench.name, str(record["id"])): record["prediction"]
+            for bench in sorted(folder.iterdir()) if (bench / PREDICTIONS).is_file()
+            for record in read_predictions(bench / PREDICTIONS)}
 
 
 def main() -> int:
@@ -83,10 +93,12 @@ def main() -> int:
         overrides = [f"train.quantize={quantize}"] if quantize else []
         runs[name] = stage2(first / "model", paths, out / "runs" / name, budget, "layernorm", overrides)
     rows = []
+    answers = {}
     for label, run_name, evaluated_on in ROWS:
         say(f"evaluating: {label} ...")
-        results = evaluate(first / "model", runs[run_name] / "adapter", paths,
-                           out / "eval" / f"{run_name}-on-{evaluated_on or 'fp32'}", budget, quantize=evaluated_on)
+        folder = out / "eval" / f"{run_name}-on-{evaluated_on or 'fp32'}"
+        results = evaluate(first / "model", runs[run_name] / "adapter", paths, folder, budget, quantize=evaluated_on)
+        answers[label] = _answers(folder)
         recorded = {record.get("base_quantization") and record["base_quantization"]["mode"]
                     for record in results.values()}
         assert recorded == {evaluated_on}, (label, recorded)  # the metrics files say which base answered
@@ -95,13 +107,18 @@ def main() -> int:
                      "eval_seconds": sum(r.get("generation_seconds") or 0 for r in results.values()),
                      **score_cells(results)})
 
+    as_trained = answers[ROWS[1][0]]
+    for row in rows:  # how many of the five benchmarks' answers are word for word those of QLN on its own base
+        mine = answers[row["name"]]
+        row["same"] = 100 * sum(mine[key] == as_trained[key] for key in as_trained) / len(as_trained)
     header = ["stage-2 layernorm adapter", "trained on", "evaluated on", "train s/step", *SCORE_COLUMNS,
-              "eval s (generation)"]
+              "same answers as QLN on 4-bit %", "eval s (generation)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         cells = [row["name"], row["trained"], row["evaluated"], f"{row['step_seconds']:.3f}",
-                 *("-" if row[c] is None else f"{row[c]:.1f}" for c in SCORE_COLUMNS), f"{row['eval_seconds']:.0f}"]
+                 *("-" if row[c] is None else f"{row[c]:.1f}" for c in SCORE_COLUMNS), f"{row['same']:.1f}",
+                 f"{row['eval_seconds']:.1f}"]
         print("| " + " | ".join(cells) + " |")
     print(f"\nstage 1 {budget.stage1_steps} steps, stage 2 {budget.stage2_steps} steps, batch {budget.batch_size}, "
           f"eval limit {budget.eval_limit or 'none'}; {time.monotonic() - started:.0f} s in all; end: {_load()}")
