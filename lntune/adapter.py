@@ -204,17 +204,26 @@ def load_adapter(model, adapter_dir: str | Path, base_dir: str | Path):
     return model
 
 
-def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path | None = None, dtype: str = "auto"):
+def load_with_adapter(model_dir: str | Path, adapter_dir: str | Path | None = None, dtype: str = "auto",
+                      quantize: str | None = None, quantize_vision: bool = False):
     """The model of `model_dir` (lntune.model.load.load_model) with the adapter's tensors in it, LoRA merged into the
-    weights: a plain Llava model, as `lntune merge` would have written it. No adapter: the model alone."""
+    weights: a plain Llava model, as `lntune merge` would have written it. No adapter: the model alone.
+
+    quantize (4bit / 8bit, quantize_vision): the base loaded quantized exactly as `lntune train --quantize` loads it
+    (the same load_model call), the adapter's full-precision tensors put in as trained. LoRA then stays unmerged
+    (PEFT's bitsandbytes layers add it to the quantized weights' output, as in QLoRA training; merging would round
+    it into the 4 / 8-bit weights); the plain Llava model inside the PEFT wrapper is returned."""
     from lntune.model.load import load_model
+    from lntune.model.parts import unwrap
 
     if adapter_dir is not None:
         check_adapter(adapter_dir)  # a damaged adapter costs nothing: checked before the model's weights are read
-    model = load_model(model_dir, dtype=dtype)
+    model = load_model(model_dir, dtype=dtype, quantize=quantize, quantize_vision=quantize_vision)
     if adapter_dir is None:
         return model
     model = load_adapter(model, adapter_dir, model_dir)
+    if quantize is not None:
+        return unwrap(model)
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model  # PEFT-wrapped: LoRA
 
 

@@ -8,6 +8,14 @@ from pathlib import Path
 from lntune.cli.command import Command, one_or_named_adapters
 
 
+def _add_quantize_arguments(parser):
+    parser.add_argument("--quantize", choices=["4bit", "8bit"],
+                        help="load the base quantized as `lntune train --quantize` does (default: full precision, "
+                             "also for an adapter trained on a quantized base)")
+    parser.add_argument("--quantize-vision", action="store_true",
+                        help="with --quantize: the vision tower's linear layers too")
+
+
 def _add_image_arguments(parser):
     parser.add_argument("--image-aspect-ratio", choices=["pad", "crop"],
                         help="default: what the adapter / model recorded in training, else pad (LLaVA-1.5)")
@@ -33,7 +41,17 @@ def _eval_arguments(parser):
     parser.add_argument("--mode", help="metric mode (see lntune score --help)")
     parser.add_argument("--template", default="auto", help="chat template (as in training)")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_quantize_arguments(parser)
     _add_image_arguments(parser)
+
+
+def _refuse_quantized_mixing(args, named) -> None:
+    """Several adapters share the serving banks on a full-precision base; a quantized base takes one at a time."""
+    from lntune.errors import LntuneError
+
+    if named is not None and (args.quantize or args.quantize_vision):
+        raise LntuneError("--quantize takes one adapter at a time (several --adapter NAME=DIR are decoded together on "
+                          "the full-precision base); run one command per adapter with --adapter DIR --quantize ...")
 
 
 def _eval_run(args) -> int:
@@ -48,9 +66,16 @@ def _eval_run(args) -> int:
     images = images * len(args.bench) if len(images) == 1 else images
     benchmarks = [BenchmarkFiles(bench, Path(data), folder) for bench, data, folder in zip(args.bench, args.data, images)]
     adapter, named = one_or_named_adapters(args.adapter)
-    evaluate = evaluate_suite if named is None else evaluate_suite_mixed
-    print(evaluate(
-        args.model, adapter if named is None else named, benchmarks, Path(args.out), template=args.template,
+    _refuse_quantized_mixing(args, named)
+    if named is None:
+        print(evaluate_suite(
+            args.model, adapter, benchmarks, Path(args.out), template=args.template, system=args.system,
+            image_aspect_ratio=args.image_aspect_ratio, limit=args.limit, batch_size=args.batch_size,
+            prompt=args.prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
+            max_image_pixels=args.max_image_pixels, quantize=args.quantize, quantize_vision=args.quantize_vision))
+        return 0
+    print(evaluate_suite_mixed(
+        args.model, named, benchmarks, Path(args.out), template=args.template,
         system=args.system, image_aspect_ratio=args.image_aspect_ratio, limit=args.limit, batch_size=args.batch_size,
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, annotations=args.annotations,
         max_image_pixels=args.max_image_pixels,
@@ -133,6 +158,7 @@ def _chat_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--template", default="auto")
     parser.add_argument("--system", help="system prompt (as in training; default: the template's own)")
+    _add_quantize_arguments(parser)
     _add_image_arguments(parser)
 
 
@@ -140,9 +166,11 @@ def _chat_run(args) -> int:
     from lntune.eval.chat import chat
 
     adapter, named = one_or_named_adapters(args.adapter)
+    _refuse_quantized_mixing(args, named)
     return chat(args.model, adapter if named is None else named, args.prompt, args.image, max_new_tokens=args.max_new_tokens,
                 template=args.template, system=args.system, image_aspect_ratio=args.image_aspect_ratio,
-                max_image_pixels=args.max_image_pixels)
+                max_image_pixels=args.max_image_pixels, quantize=args.quantize,
+                quantize_vision=args.quantize_vision)
 
 
 EVAL = Command(_eval_arguments, _eval_run, "evaluate on MME, VQAv2, COCO, Flickr30k, POPE from their official files")

@@ -103,7 +103,8 @@ def bench_files(paths: dict, bench: str) -> tuple[Path, Path | None]:
 
 
 def evaluate(model: Path, adapter: Path | None, paths: dict, out: Path, budget: DemoBudget,
-             benches=BENCHES) -> dict[str, dict]:
+             benches=BENCHES, quantize: str | None = None) -> dict[str, dict]:
+    """quantize (4bit / 8bit): on the base loaded quantized, as `lntune eval --quantize` does."""
     from lntune.eval.runner import evaluate_benchmark, load_generator
 
     results = {}
@@ -113,7 +114,8 @@ def evaluate(model: Path, adapter: Path | None, paths: dict, out: Path, budget: 
         if metrics_file.is_file():
             results[bench] = json.loads(metrics_file.read_text())
             continue
-        generator = generator or load_generator(str(model), str(adapter) if adapter else None)
+        generator = generator or load_generator(str(model), str(adapter) if adapter else None, quantize=quantize,
+                                                say=quiet)
         data, images = bench_files(paths, bench)
         results[bench] = evaluate_benchmark(generator, bench, data, images, out / bench, limit=budget.eval_limit,
                                             batch_size=budget.eval_batch_size, say=quiet)

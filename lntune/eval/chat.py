@@ -7,14 +7,21 @@ import sys
 
 def chat(model: str, adapter: str | dict[str, str] | None = None, prompt: str | None = None,
          image_path: str | None = None, *, max_new_tokens: int = 256, template: str = "auto",
-         system: str | None = None, image_aspect_ratio: str | None = None, max_image_pixels: int | None = None) -> int:
+         system: str | None = None, image_aspect_ratio: str | None = None, max_image_pixels: int | None = None,
+         quantize: str | None = None, quantize_vision: bool = False) -> int:
     """Answer `prompt` about the image in `image_path`, or without a prompt hold a conversation on stdin / stdout.
 
     Template `auto`, system None and image_aspect_ratio None take what finetuning recorded (the adapter, or a
-    merged model's config.json), as `lntune eval` does. `adapter` a dict (name -> folder): every adapter answers each
-    question, decoded together (lntune.eval.mixed), one labelled answer per adapter.
+    merged model's config.json), as `lntune eval` does. quantize / quantize_vision: the base loaded as training loaded
+    it with --quantize (one adapter only). `adapter` a dict (name -> folder): every adapter answers each question,
+    decoded together on the full-precision base (lntune.eval.mixed), one labelled answer per adapter.
     """
     if isinstance(adapter, dict):
+        if quantize or quantize_vision:
+            from lntune.errors import LntuneError
+
+            raise LntuneError("--quantize takes one adapter at a time; several adapters are decoded together on the "
+                              "full-precision base")
         return _chat_mixed(model, adapter, prompt, image_path, max_new_tokens=max_new_tokens, template=template,
                            system=system, image_aspect_ratio=image_aspect_ratio, max_image_pixels=max_image_pixels)
     from transformers import TextStreamer
@@ -27,7 +34,8 @@ def chat(model: str, adapter: str | dict[str, str] | None = None, prompt: str | 
         # The training loader's pixel guard and RGB conversion; no folder to confine a file the user names.
         # Before loading the model: a bad file fails fast.
         image = open_image(image_path, "--image", max_image_pixels or DEFAULT_MAX_PIXELS)
-    generator = load_generator(model, adapter, template, system=system, image_aspect_ratio=image_aspect_ratio)
+    generator = load_generator(model, adapter, template, system=system, image_aspect_ratio=image_aspect_ratio,
+                               quantize=quantize, quantize_vision=quantize_vision)
     if image is not None:
         image = apply_aspect_ratio(generator.processor, image, generator.image_aspect_ratio)
     streamer = TextStreamer(generator.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -199,8 +199,12 @@ def prepare_benchmark(generator, bench: str, data: Path, images: Path | None, ou
     for item in items:
         if item.image is not None:
             confine(item.image, folders, f"{bench} item {item.id}")
+    # Which base answered (None: full precision; else lntune.model.quantize.describe): in settings.json, so that
+    # answers from another base are never continued, and in metrics.json, so that scores are never mixed up.
+    base_quantization = getattr(generator, "base_quantization", None)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, {"benchmark": bench, "data": str(Path(data).resolve()), "limit": limit,
+    _check_settings(out, {"benchmark": bench, "base_quantization": base_quantization,
+                          "data": str(Path(data).resolve()), "limit": limit,
                           "prompt": prompt or benchmark.default_prompt, **generator.prompts.settings(),
                           "max_new_tokens": max_new_tokens, "image_aspect_ratio": aspect_ratio,
                           **(extra_record or {})})
@@ -264,6 +268,7 @@ def finish_benchmark(run: BenchmarkRun, seconds: float, answered: int, extra: di
         "prompt": run.prompt or run.benchmark.default_prompt, **run.generator.prompts.settings(),
         "decoding": {"strategy": "greedy", "max_new_tokens": run.max_new_tokens, "batch_size": run.batch_size},
         "image_aspect_ratio": run.aspect_ratio, "image_aspect_ratio_source": run.aspect_ratio_source,
+        "base_quantization": getattr(run.generator, "base_quantization", None),
         "generation_seconds": seconds, "items_per_second": answered / seconds if answered and seconds else None,
         **run.extra_record, **(extra or {}), "metrics": metrics,
     }
@@ -352,15 +357,31 @@ def make_generator(model, processor, settings: GeneratorSettings):
 
 
 def load_generator(model_dir: str, adapter: str | None = None, template: str = "auto", dtype: str = "auto",
-                   image_aspect_ratio: str | None = None, system: str | None = None):
+                   image_aspect_ratio: str | None = None, system: str | None = None, quantize: str | None = None,
+                   quantize_vision: bool = False, say=None):
     """The model (plus adapter) ready to answer; `generator.image_aspect_ratio` is what its images get (see
-    evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why."""
+    evaluation_aspect_ratio; `image_aspect_ratio` overrides), `generator.image_aspect_ratio_source` says why.
+
+    quantize (4bit / 8bit; quantize_vision): the base loaded quantized as `lntune train --quantize` loads it. Without
+    it the base is full precision, also for an adapter trained on a quantized base (what merging it gives); `say`
+    (default stderr) then gets one line saying so. `generator.base_quantization` records which base answered."""
     import torch
 
-    from lntune.adapter import load_with_adapter
+    from lntune.adapter import load_with_adapter, read_manifest
     from lntune.model.load import load_processor
+    from lntune.model.quantize import check_request, evaluation_note, quantization_of
 
-    settings = generator_settings(model_dir, adapter, template, system, image_aspect_ratio)
+    say = say or (lambda message: print(message, file=sys.stderr, flush=True))
+    check_request(quantize, quantize_vision)
+    settings = generator_settings(model_dir, adapter, template, system, image_aspect_ratio)  # before the weights
+    note = evaluation_note(adapter, read_manifest(adapter), quantize) if adapter else None
+    if note:
+        say(note)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_with_adapter(model_dir, adapter or None, dtype=dtype)
-    return make_generator(model.to(device), load_processor(model_dir), settings)
+    model = load_with_adapter(model_dir, adapter or None, dtype=dtype, quantize=quantize,
+                              quantize_vision=quantize_vision)
+    if quantize is None:
+        model = model.to(device)  # a quantized load is already where it computes (load_model)
+    generator = make_generator(model, load_processor(model_dir), settings)
+    generator.base_quantization = quantization_of(model)
+    return generator

@@ -24,12 +24,15 @@ def evaluate_suite(model: str, adapter: str | None, benchmarks: list[BenchmarkFi
                    template: str = "auto", system: str | None = None, image_aspect_ratio: str | None = None,
                    limit: int | None = None, batch_size: int = 8, prompt: str | None = None,
                    max_new_tokens: int | None = None, mode: str | None = None, annotations: str | None = None,
-                   max_image_pixels: int = DEFAULT_MAX_PIXELS) -> str:
-    """Evaluate each benchmark into out/<bench>/; returns the report table, also written to out/report.md."""
+                   max_image_pixels: int = DEFAULT_MAX_PIXELS, quantize: str | None = None,
+                   quantize_vision: bool = False) -> str:
+    """Evaluate each benchmark into out/<bench>/; returns the report table, also written to out/report.md.
+    quantize / quantize_vision: the base loaded quantized as training loads it (see load_generator)."""
     from lntune.eval.report import report
     from lntune.eval.runner import evaluate_benchmark, load_generator
 
-    generator = load_generator(model, adapter, template, system=system, image_aspect_ratio=image_aspect_ratio)
+    generator = load_generator(model, adapter, template, system=system, image_aspect_ratio=image_aspect_ratio,
+                               quantize=quantize, quantize_vision=quantize_vision)
     out = Path(out)
     for benchmark in benchmarks:
         evaluate_benchmark(

@@ -51,7 +51,15 @@ def wrap_with_lora(model: nn.Module, rank: int, alpha: float, dropout: float, ta
 
 
 def lora_parameters(model: nn.Module):
-    """The adapter weights PEFT added (found through PEFT's own tuner-layer type)."""
+    """The adapter weights PEFT added (found through PEFT's own tuner-layer type).
+
+    Without PEFT imported no model can hold its layers, so nothing is imported then: importing PEFT imports
+    bitsandbytes when it is installed (peft.helpers), seconds of start-up (torch._inductor) that every run which
+    merely counts or saves its trained tensors would otherwise pay (bench/bnb_import_cost.py)."""
+    import sys
+
+    if "peft" not in sys.modules:
+        return
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for module in model.modules():

@@ -113,6 +113,7 @@ def load_model(
         )
     if quantize is not None:
         quantization.check_quantized(model, quantize, quantize_vision)
+        quantization.compute_like_training(model)  # evaluation computes what training computed
         model.lntune_quantization = quantization.describe(quantize, quantize_vision)
     elif device is not None:
         model.to(device)

@@ -34,7 +34,29 @@ def require_bitsandbytes() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise LntuneError(f"train.quantize needs bitsandbytes, which is not installed: {INSTALL}") from None
+        raise LntuneError(f"a quantized base (--quantize, train.quantize) needs bitsandbytes, which is not "
+                          f"installed: {INSTALL}") from None
+
+
+def check_request(mode: str | None, include_vision: bool) -> None:
+    """The --quantize / --quantize-vision pair of a command that loads a model (eval, chat), checked before anything
+    loads; training checks the same through TrainConfig."""
+    if mode is not None and mode not in MODES:
+        raise LntuneError(f"unknown --quantize {mode!r}; valid: {', '.join(MODES)}")
+    if include_vision and mode is None:
+        raise LntuneError("--quantize-vision needs --quantize (4bit or 8bit)")
+
+
+def evaluation_note(adapter_dir, manifest: dict, mode: str | None) -> str | None:
+    """The one line that says an adapter trained on a quantized base is being evaluated on the full-precision one
+    (the default: what a merged model computes), and how to evaluate it on the base as trained. None otherwise."""
+    trained = manifest.get("base_quantization")
+    if trained is None or mode is not None:
+        return None
+    vision = " --quantize-vision" if trained.get("vision_tower") else ""
+    return (f"note: adapter {adapter_dir} was trained on a {trained['mode']} quantized base ({trained['format']}); "
+            f"evaluating it on the full-precision base (as merged); add --quantize {trained['mode']}{vision} to "
+            f"evaluate it on the base as trained")
 
 
 def modules_to_quantize(model: nn.Module, include_vision: bool = False) -> set[str]:
@@ -102,6 +124,17 @@ def check_quantized(model: nn.Module, mode: str, include_vision: bool = False) -
     for name, module in model.named_modules():
         if is_norm(module) and any(not p.is_floating_point() for p in module.parameters()):
             raise RuntimeError(f"norm {name} was quantized")
+
+
+def compute_like_training(model: nn.Module) -> None:
+    """Make 4-bit layers compute in inference as they do in training. On CPUs with AVX512-BF16, bitsandbytes
+    (0.50) repacks a Linear4bit's weights for a bf16 kernel the first time it runs in eval mode without gradients:
+    faster, but it rounds activations to bf16, so an evaluation would no longer measure the model that was trained
+    (fp32 compute on the CPU). Turning that switch off keeps dequantize-then-matmul in the compute dtype. CUDA
+    never takes that path."""
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit" and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def describe(mode: str, include_vision: bool) -> dict:

@@ -53,12 +53,31 @@ def parameter_groups(model, config: RunConfig) -> list[dict]:
     return [dict(group, name=name) for name, group in groups.items() if group["params"]]
 
 
-def make_scheduler(optimizer, name: str, total_steps: int, warmup_ratio: float):
-    from transformers import get_scheduler
+def _schedule_factor(step: int, *, name: str, warmup: int, total: int) -> float:
+    """The learning-rate factor at `step`: transformers' get_scheduler formulas ("cosine", "linear",
+    "constant_with_warmup"), digit for digit (tested against it). Not imported from there: transformers.optimization
+    imports trainer_utils, which imports PEFT, which imports bitsandbytes where it is installed, seconds of start-up
+    for every run (bench/bnb_import_cost.py)."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    if name == "constant":
+        return 1.0
+    if name == "linear":
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))  # half a cosine (num_cycles 0.5)
 
+
+def make_scheduler(optimizer, name: str, total_steps: int, warmup_ratio: float):
+    """A LambdaLR stepping `name` (cosine, linear, constant) after a linear warmup over warmup_ratio of the steps.
+    Its state_dict is that of the get_scheduler one (a functools.partial factor), so checkpoints resume alike."""
+    from functools import partial
+
+    if name not in ("cosine", "linear", "constant"):
+        raise KeyError(name)
     warmup = math.ceil(warmup_ratio * total_steps)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
-    return get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(_schedule_factor, name=name, warmup=warmup, total=total_steps))
 
 
 def make_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:

@@ -151,3 +151,30 @@ def test_methods_do_not_copy_modules(built_model):
     assert apply_method(model, "layernorm") is model
     assert model.model.language_model.layers[0].input_layernorm.weight is norm_weight
     assert norm_weight.requires_grad
+
+
+def test_a_run_without_lora_or_quantize_never_imports_peft_or_bitsandbytes(built_model, tmp_path):
+    """Importing PEFT imports bitsandbytes where it is installed: seconds of start-up (bench/bnb_import_cost.py) that
+    a layernorm run needs neither of. A fresh interpreter: applies the method, counts, trains a step, saves."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import write_llava_data
+
+    path, images = write_llava_data(tmp_path / "data", count=2)
+    script = (
+        "import sys\n"
+        "from lntune.config import DataConfig, DataSource, MethodConfig, RunConfig, TrainConfig\n"
+        "from lntune.train.trainer import train\n"
+        f"train(RunConfig(model={str(built_model())!r}, out={str(tmp_path / 'run')!r},\n"
+        "    method=MethodConfig(name='layernorm'),\n"
+        f"    data=DataConfig(sources=(DataSource({str(path)!r}),), image_folder={str(images)!r}),\n"
+        "    train=TrainConfig(max_steps=1, batch_size=2, save_every=0)), say=lambda message: None)\n"
+        "print(sorted(name for name in ('peft', 'bitsandbytes') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "adapter" / "trainable.safetensors").is_file()
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -223,3 +223,118 @@ def test_cli_quantize_flag_reaches_the_config(model64, tmp_path, capsys):
     assert code == 1
     assert "method full trains the LLM's linear weights" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ---- evaluation and chat on the quantized base -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qln_adapter(model64, tmp_path_factory):
+    """A layernorm adapter trained 2 steps on the 4-bit base."""
+    root = tmp_path_factory.mktemp("qln")
+    path, images = write_llava_data(root / "data", count=4)
+    config = RunConfig(model=str(model64), out=str(root / "run"), method=MethodConfig(name="layernorm"),
+                       data=DataConfig(sources=(DataSource(str(path)),), image_folder=str(images)),
+                       train=TrainConfig(max_steps=2, batch_size=2, save_every=0, quantize="4bit", precision="fp32"))
+    return train(config, say=lambda message: None) / "adapter"
+
+
+def _eval_args(model_dir, adapter, tmp_path, *extra):
+    from tests.eval.fixtures import write_pope
+
+    pope, pope_images = write_pope(tmp_path / "pope", count=2)
+    return ["eval", "--model", str(model_dir), "--adapter", str(adapter), "--out", str(tmp_path / "out"),
+            "--bench", "pope", "--data", str(pope), "--images", str(pope_images), "--max-new-tokens", "2", *extra]
+
+
+def test_eval_on_the_4bit_base_runs_quantized_and_records_it(model64, qln_adapter, tmp_path, monkeypatch, capsys):
+    import json
+
+    from lntune.cli import main
+    from lntune.eval import generate
+
+    seen = []
+    real_generate = generate.AnswerGenerator.generate
+
+    def watching(self, *args, **kwargs):  # what the model answering the questions really holds
+        seen.append({type(module).__name__ for module in _block_linears(self.model).values()})
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(generate.AnswerGenerator, "generate", watching)
+    assert main(_eval_args(model64, qln_adapter, tmp_path, "--quantize", "4bit")) == 0
+    assert seen and all(kinds == {"Linear4bit"} for kinds in seen)  # --quantize was not silently dropped
+    assert "trained on a 4bit quantized base" not in capsys.readouterr().err  # evaluated as trained: no note
+    record = json.loads((tmp_path / "out" / "pope" / "metrics.json").read_text())
+    assert record["base_quantization"]["mode"] == "4bit" and record["base_quantization"]["vision_tower"] is False
+    settings = json.loads((tmp_path / "out" / "pope" / "settings.json").read_text())
+    assert settings["base_quantization"]["mode"] == "4bit"
+
+    # the same folder on the full-precision base: answers from another base are never continued
+    assert main(_eval_args(model64, qln_adapter, tmp_path)) == 1
+    assert "base_quantization" in capsys.readouterr().err
+
+
+def test_eval_of_a_qln_adapter_defaults_to_the_full_precision_base_with_a_note(model64, qln_adapter, tmp_path,
+                                                                               capsys):
+    import json
+    import shutil
+
+    from lntune.cli import main
+
+    assert main(_eval_args(model64, qln_adapter, tmp_path)) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: adapter")]
+    assert len(notes) == 1
+    assert "trained on a 4bit quantized base" in notes[0] and "add --quantize 4bit to evaluate" in notes[0]
+    assert json.loads((tmp_path / "out" / "pope" / "metrics.json").read_text())["base_quantization"] is None
+
+    # an adapter trained on the full-precision base: no note
+    plain = tmp_path / "plain_adapter"
+    shutil.copytree(qln_adapter, plain)
+    manifest = json.loads((plain / "adapter.json").read_text())
+    del manifest["base_quantization"]
+    (plain / "adapter.json").write_text(json.dumps(manifest))
+    shutil.rmtree(tmp_path / "out")
+    assert main(_eval_args(model64, plain, tmp_path)) == 0
+    assert "note: adapter" not in capsys.readouterr().err
+
+
+def test_quantized_base_with_adapter_computes_as_in_training(model64, qln_adapter):
+    """The evaluation model (eval mode, no gradients) gives the logits of the training path (train mode): same
+    4-bit weights, same fp32 compute (no bf16 inference kernel), the adapter's norms in place."""
+    from lntune.adapter import load_with_adapter
+    from lntune.eval.runner import load_generator
+
+    trained = load_file(str(qln_adapter / "trainable.safetensors"))
+    model = load_generator(str(model64), str(qln_adapter), quantize="4bit").model
+    parameters = dict(model.named_parameters())
+    assert all(torch.equal(parameters[name], tensor) for name, tensor in trained.items())
+    inputs = image_inputs(model64)
+    with torch.no_grad():
+        evaluated = model(**inputs).logits
+    training = load_with_adapter(model64, qln_adapter, quantize="4bit").train()
+    with torch.no_grad():
+        trained_logits = training(**inputs).logits
+    torch.testing.assert_close(evaluated, trained_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_quantize_refusals(model64, qln_adapter, tmp_path, monkeypatch, capsys):
+    from lntune.cli import main
+
+    assert main(_eval_args(model64, qln_adapter, tmp_path, "--quantize-vision")) == 1
+    assert "--quantize-vision needs --quantize" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    assert main(_eval_args(model64, qln_adapter, tmp_path, "--quantize", "8bit")) == 1
+    assert "needs bitsandbytes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_chat_on_the_quantized_base(model64, qln_adapter, monkeypatch, capsys):
+    from lntune.cli import main
+    from lntune.eval import generate
+
+    seen = []
+    real_generate = generate.AnswerGenerator.generate
+    monkeypatch.setattr(generate.AnswerGenerator, "generate", lambda self, *a, **k: (
+        seen.append({type(m).__name__ for m in _block_linears(self.model).values()}), real_generate(self, *a, **k))[1])
+    assert main(["chat", "--model", str(model64), "--adapter", str(qln_adapter), "--quantize", "8bit",
+                 "--max-new-tokens", "2", "Hello?"]) == 0
+    assert seen == [{"Linear8bitLt"}]
