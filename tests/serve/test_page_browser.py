@@ -104,7 +104,7 @@ def test_page_uploads_an_image_and_streams_the_api_answer(browser, server, tmp_p
     shown = browser.find_element(By.CSS_SELECTOR, ".turn.assistant span").get_property("textContent")
     expected = _api_answer(url, "ln", image_path, QUESTION)
     assert shown == expected and shown.strip()
-    assert meta.text.startswith("ln · ") and f"answer tokens" in meta.text
+    assert meta.text.startswith("ln · ") and "answer tokens" in meta.text
     user_turn = browser.find_element(By.CSS_SELECTOR, ".turn.user")
     assert user_turn.find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:image/png;base64,")
     assert QUESTION in user_turn.text

@@ -140,7 +140,7 @@ def _fake_world(tmp_path, monkeypatch, training):
             (out / bench / "metrics.json").write_text(json.dumps({"metrics": {"accuracy": 50.0}}))
     monkeypatch.setattr(runner, "evaluate", evaluate)
     monkeypatch.setattr(runner, "run_summary", lambda run: {"losses": [(1, 1.0)]})
-    return (f"world: files\nmodel: /nonexistent\nstage1_model: /stage1\nbenches: [vqav2]\ngallery: 0\n"
+    return ("world: files\nmodel: /nonexistent\nstage1_model: /stage1\nbenches: [vqav2]\ngallery: 0\n"
             + BENCHES.replace("paths: {", f"paths: {{instructions: {instructions}, train_images: {images}, ")
             + "validation: {samples: 4}\n")
 
