@@ -151,7 +151,12 @@ def test_load_and_unload_while_a_stream_is_running(server):
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     http, service = server
+    earlier = len(service.batcher.batches)
     full = _answer(http, "simple-b", seed=6, max_tokens=200)
+    # The decoder records a batch after its last token is sent: wait for this answer's record before counting.
+    deadline = time.monotonic() + 60
+    while len(service.batcher.batches) == earlier and time.monotonic() < deadline:
+        time.sleep(0.01)
     before = len(service.batcher.batches)
     # Each decoding step takes at least 20 ms, so the 200 tokens take 4 s or more: the client's leaving, a few ms
     # after its third line, is seen mid-answer even on a machine busy enough to stall the server for a while.
