@@ -15,7 +15,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Under pytest-xdist (`make test` runs two workers on a 2-core machine) each worker keeps to one core: two workers
-# of two OpenMP threads each would fight over the cores.
+# of two OpenMP threads each would fight over the cores (steps several times slower, measured).
+# The same for the processes tests start (lntune CLI runs, torchrun workers): they inherit OMP_NUM_THREADS.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 from lntune.cli import deepspeed_logs_to_stderr  # noqa: E402
