@@ -44,13 +44,7 @@ def chat(model: str, adapter: str | dict[str, str] | None = None, prompt: str | 
         return 0
     history: list[dict] = []
     print("chat: type a message (empty line or Ctrl-D to quit)", file=sys.stderr)
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
+    for text in _user_messages():
         first = not history
         prompt_ids = generator.prompt_ids(text, has_image=first and image is not None, history=history)
         print("model> ", end="", flush=True)
@@ -86,13 +80,7 @@ def _chat_mixed(model: str, adapters: dict[str, str], prompt: str | None, image_
     histories: dict[str, list[dict]] = {name: [] for name in names}
     print(f"chat: {len(names)} adapters answer each message ({', '.join(names)}); empty line or Ctrl-D to quit",
           file=sys.stderr)
-    while True:
-        try:
-            text = input("you> ").strip()
-        except EOFError:
-            break
-        if not text:
-            break
+    for text in _user_messages():
         with_image = image is not None and not histories[names[0]]
         prompts = [mixed.generators[name].prompt_ids(text, with_image, histories[name]) for name in names]
         answers = mixed.generate(names, prompts, images, max_new_tokens)
@@ -101,3 +89,15 @@ def _chat_mixed(model: str, adapters: dict[str, str], prompt: str | None, image_
             turn = mixed.generators[name].prompts.user_turn(text, with_image)
             histories[name] += [turn, {"role": "assistant", "content": answer}]
     return 0
+
+
+def _user_messages():
+    """The lines typed at `you> `, until an empty line or Ctrl-D."""
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            return
+        if not text:
+            return
+        yield text

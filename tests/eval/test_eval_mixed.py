@@ -130,3 +130,26 @@ def test_chat_asks_every_adapter_and_labels_the_answers(model_dir, adapters, tmp
         alone[name] = generator.answer(["What is this?"], [picture], 6)[0]
     assert alone["simple"] != alone["plain"]
     assert capsys.readouterr().out == f"simple> {alone['simple']}\n plain> {alone['plain']}\n"
+
+
+def test_a_conversation_with_several_adapters_keeps_a_history_per_adapter(model_dir, adapters, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Two turns typed at `you> `, then an empty line: each adapter answers both, the second turn asked with its own
+    first answer in the history (as `lntune chat --adapter DIR` would ask it alone)."""
+    make_image(4).save(tmp_path / "picture.png")
+    two = {name: adapters[name] for name in ("simple", "plain")}
+    typed = iter(["What is this?", "And its colour?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    assert main(["chat", "--model", str(model_dir), *[f"--adapter={n}={f}" for n, f in two.items()],
+                 "--image", str(tmp_path / "picture.png"), "--max-new-tokens", "6"]) == 0
+    printed = capsys.readouterr().out
+    expected = []
+    for name, folder in two.items():
+        generator = load_generator(str(model_dir), folder)
+        picture = apply_aspect_ratio(generator.processor, make_image(4), generator.image_aspect_ratio)
+        first = generator.generate([generator.prompt_ids("What is this?", True, [])], [picture], 6)[0]
+        history = [generator.prompts.user_turn("What is this?", True), {"role": "assistant", "content": first}]
+        second = generator.generate([generator.prompt_ids("And its colour?", False, history)], [picture], 6)[0]
+        expected.append((name, first, second))
+    for name, first, second in expected:
+        assert f"{name}> {first}\n" in printed and f"{name}> {second}\n" in printed
