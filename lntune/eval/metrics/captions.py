@@ -177,13 +177,9 @@ def _check_inputs(references: dict, predictions: dict) -> None:
             raise LntuneError(f"image {image_id!r} has an empty list of reference captions")
 
 
-def score_captions(references: dict, predictions: dict, tokenizer: str = "auto") -> dict:
-    """CIDEr-D and BLEU-4 of {image id: caption} against {image id: [reference, ...]}.
-
-    Only images with a prediction are scored (references of other images are ignored, and they do
-    not enter CIDEr's document frequency). Returns CIDEr as pycocoevalcap gives it (e.g. 1.05),
-    CIDEr_x100 (as papers print it), BLEU-4, count (images scored) and tokenizer.
-    """
+def _tokenized(references: dict, predictions: dict, tokenizer: str) -> tuple[dict, dict, str]:
+    """Checked inputs of the images with a prediction, tokenized as pycocoevalcap takes them: (gts, res, tokenizer
+    name), both keyed by image id in the predictions' order."""
     _check_inputs(references, predictions)
     image_ids = list(predictions)
     # One tokenizer run for both sides; the tuple keys cannot collide whatever the ids are.
@@ -195,7 +191,18 @@ def score_captions(references: dict, predictions: dict, tokenizer: str = "auto")
     if not any(reference.split() for references_of_image in gts.values() for reference in references_of_image):
         # pycocoevalcap's Cider would fail on max() of an empty document frequency.
         raise LntuneError("every reference caption is empty after tokenisation: nothing to score against")
+    return gts, res, name
 
+
+def score_captions(references: dict, predictions: dict, tokenizer: str = "auto") -> dict:
+    """CIDEr-D and BLEU-4 of {image id: caption} against {image id: [reference, ...]}.
+
+    Only images with a prediction are scored (references of other images are ignored, and they do
+    not enter CIDEr's document frequency). Returns CIDEr as pycocoevalcap gives it (e.g. 1.05),
+    CIDEr_x100 (as papers print it), BLEU-4, count (images scored) and tokenizer.
+    """
+    gts, res, name = _tokenized(references, predictions, tokenizer)
+    image_ids = list(gts)
     cider, _ = _pycocoevalcap("cider.cider", "Cider")().compute_score(gts, res)
     bleu, _ = _pycocoevalcap("bleu.bleu", "Bleu")(4).compute_score(gts, res, verbose=0)
     return {
@@ -210,13 +217,7 @@ def score_captions(references: dict, predictions: dict, tokenizer: str = "auto")
 def per_image_cider(references: dict, predictions: dict, tokenizer: str = "auto") -> dict:
     """{image id: CIDEr-D x100 of its caption}, the idf taken over all the images given (so the mean of the values is
     score_captions' CIDEr_x100): what a bootstrap over images resamples."""
-    _check_inputs(references, predictions)
-    image_ids = list(predictions)
-    combined = {("reference", image_id): list(references[image_id]) for image_id in image_ids}
-    combined.update({("prediction", image_id): [predictions[image_id]] for image_id in image_ids})
-    tokenized, _ = tokenize(combined, tokenizer)
-    gts = {image_id: tokenized["reference", image_id] for image_id in image_ids}
-    res = {image_id: tokenized["prediction", image_id] for image_id in image_ids}
+    gts, res, _ = _tokenized(references, predictions, tokenizer)
     _, scores = _pycocoevalcap("cider.cider", "Cider")().compute_score(gts, res)
     # Cider scores the images in the order of gts' keys
     return {image_id: float(score) * 100 for image_id, score in zip(gts, scores)}
