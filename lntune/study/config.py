@@ -122,6 +122,10 @@ class CompareConfig:
     """Method -> the learning rates to search (a list, or `default`: the run's rate x 1/3, 1, 3); `lr_search:
     default` searches every method. Each point is trained at the same budget with the first seed, the rate of the
     lowest validation loss is chosen and run with every seed."""
+    lr_extend: int = 0
+    """When the chosen rate is the highest or lowest searched, search up to this many more rates past it, one grid
+    step each (the ratio of that edge's two outermost rates; x3 on the default grid). 0: the grid as given; the
+    report marks a rate chosen at the grid's edge either way."""
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     """The validation split the learning rate is chosen on."""
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
@@ -168,7 +172,8 @@ def load_compare_config(path: str | Path) -> CompareConfig:
             raise LntuneError(f"{path}: seeds: {seed} is not in [0, 2**32)")
     for key, value, lowest in (("validation.samples", config.validation.samples, 1),
                                ("validation.batch_size", config.validation.batch_size, 1),
-                               ("bootstrap.resamples", config.bootstrap.resamples, 10)):
+                               ("bootstrap.resamples", config.bootstrap.resamples, 10),
+                               ("lr_extend", config.lr_extend, 0)):
         if value < lowest:
             raise LntuneError(f"{path}: {key} must be >= {lowest}, got {value}")
     if config.gallery < 0:

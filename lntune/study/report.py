@@ -59,6 +59,11 @@ def lr_section(searched: dict, plot: Path, title: str) -> str:
     for name, run in searched.items():
         for rate, loss in run.search:
             lines.append(f"| {name} | {rate:g} | {loss:.4f} | {'chosen' if rate == run.rate else ''} |")
+    edge = [name for name, run in searched.items() if run.at_edge]
+    if edge:
+        lines.append(f"\n**At the edge of the rates searched:** {', '.join(edge)}: the chosen rate is the highest or "
+                     "lowest tried, so a better one may lie beyond; widen the grid (`lr_search`) or let the search "
+                     "step past it (`lr_extend`).")
     lines.append(f"\n![learning-rate curves]({plot.name})\n")
     return "\n".join(lines)
 

@@ -14,7 +14,6 @@ that was stopped goes on where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from lntune.study.config import CompareConfig, load_compare_config, search_grid
 from lntune.study.keys import check_folder_key, finished_run, run_folder_name, write_folder_key
 from lntune.study.report import (analysis_section, bootstrap_section, gallery_section, lr_section, report_header,
                                  study_section)
+from lntune.study.search import chosen_rate, rate_beyond
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class TrainedRun:
     runs: list[Path]
     evaluations: list[Path]
     """OUT/eval/RUN_FOLDER: one per seed, in `seeds` order."""
+    at_edge: bool = False
+    """The chosen rate is the highest or lowest searched (after any `lr_extend` steps): the best may lie beyond."""
 
 
 def _runs_by_seed(trained: dict[str, TrainedRun], seeds) -> dict[str, Path]:
@@ -165,6 +167,7 @@ def _train(config: RunConfig) -> Path:
     from lntune.train.trainer import train
 
     if finished_run(config):
+        _say(f"  reused: {config.out} (finished, same config)")
         return Path(config.out)
     return train(config, say=quiet)
 
@@ -193,20 +196,34 @@ def _run_plan(plan: PlannedRun, study_name: str, config: CompareConfig, paths: d
 
     first = config.seeds[0]
     rate, search = _rate(plan.config), []
-    for index, point in enumerate(plan.search, start=1):
-        _say(f"[{study_name}] {plan.name}: learning rate {point:g} ({index}/{len(plan.search)}), seed {first}")
+
+    def search_point(point: float, label: str) -> None:
+        _say(f"[{study_name}] {plan.name}: learning rate {point:g} ({label}), seed {first}")
         point_config = _with(plan.config, out, point, first)
         run = _train(point_config)
         data = validation_data(point_config.data, paths["validation"], paths["validation_images"])
         search.append((point, validation_loss(run, point_config.model, data, config.validation.batch_size)))
+
+    for index, point in enumerate(plan.search, start=1):
+        search_point(point, f"{index}/{len(plan.search)}")
+    at_edge = False
     if search:
-        finite = [(loss, index) for index, (_, loss) in enumerate(search) if math.isfinite(loss)]
-        if not finite:
+        for extension in range(1, config.lr_extend + 1):
+            best = chosen_rate(search)
+            beyond = None if best is None else rate_beyond(search, best)
+            if beyond is None:
+                break
+            search_point(beyond, f"past the grid's {'highest' if beyond > best else 'lowest'} rate {best:g}, "
+                                 f"{extension}/{config.lr_extend}")
+        rate = chosen_rate(search)
+        if rate is None:
             raise LntuneError(f"study {study_name!r}, run {plan.name!r}: every learning rate searched "
                               f"({', '.join(f'{r:g}' for r, _ in search)}) diverged (validation loss not finite); "
                               "search lower rates")
-        rate = search[min(finite)[1]][0]  # the lowest loss; on a tie the first in the grid
-        _say(f"[{study_name}] {plan.name}: learning rate {rate:g} chosen on the validation split")
+        at_edge = rate_beyond(search, rate) is not None
+        _say(f"[{study_name}] {plan.name}: learning rate {rate:g} chosen on the validation split"
+             + (" -- the edge of the rates searched: a better rate may lie beyond (widen the grid, or raise "
+                "lr_extend)" if at_edge else ""))
     runs, evaluations = [], []
     for seed in config.seeds:
         _say(f"[{study_name}] {plan.name}: stage 2 with {plan.config.method.name}, lr {rate:g}, seed {seed}")
@@ -215,7 +232,7 @@ def _run_plan(plan: PlannedRun, study_name: str, config: CompareConfig, paths: d
         evaluate(stage1_model, run / "adapter", paths, folder, config.budget, config.benches)
         runs.append(run)
         evaluations.append(folder)
-    return TrainedRun(rate, search, runs, evaluations)
+    return TrainedRun(rate, search, runs, evaluations, at_edge)
 
 
 def _evaluations(folder: Path, benches) -> dict:
@@ -255,7 +272,7 @@ def _run_record(run: TrainedRun, comparisons: dict | None, out: Path) -> dict:
     """results.json's entry of a run: the rate, the search, the runs and evaluations, each seed's scores, the
     bootstrap."""
     return {
-        "lr": run.rate, "lr_search": [{"lr": rate, "validation_loss": loss} for rate, loss in run.search],
+        "lr": run.rate, "lr_at_edge": run.at_edge, "lr_search": [{"lr": rate, "validation_loss": loss} for rate, loss in run.search],
         "runs": [str(path.relative_to(out)) for path in run.runs],
         "evaluations": [str(path.relative_to(out)) for path in run.evaluations],
         "scores": [score_cells(_evaluations(folder, [p.name for p in sorted(folder.iterdir()) if p.is_dir()]))

@@ -93,6 +93,7 @@ def test_research_config_keys(tmp_path):
     ("lr_search: {lora: [0.1, 0.1]}\n", "a rate is given twice"),
     ("validation: {samples: 0}\n", "validation.samples"),
     ("bootstrap: {resamples: 3}\n", "bootstrap.resamples must be >= 10"),
+    ("lr_extend: -1\n", "lr_extend must be >= 0, got -1"),
 ])
 def test_research_config_mistakes(tmp_path, text, message):
     path = _write(tmp_path, text + "studies: {s: {runs: [{name: a, method: lora}]}}\n")
@@ -172,7 +173,7 @@ def test_seeds_and_search_train_each_config_once(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "lr_s.png").stat().st_size > 5000
 
 
-def test_an_interrupted_compare_resumes_without_retraining(tmp_path, monkeypatch):
+def test_an_interrupted_compare_resumes_without_retraining(tmp_path, monkeypatch, capsys):
     training = FakeTraining(fail_at=4)
     config = _write(tmp_path, _fake_world(tmp_path, monkeypatch, training) + STUDY)
     with pytest.raises(KeyboardInterrupt):
@@ -182,6 +183,8 @@ def test_an_interrupted_compare_resumes_without_retraining(tmp_path, monkeypatch
     assert run_compare(config, out=str(tmp_path / "out")) == 0
     # the three finished runs are reused; the one killed mid-run and the one never started are trained
     assert [c.out for c in training.calls] == first[3:] + [str(Path(first[3]).parent / _last_folder(tmp_path))]
+    said = capsys.readouterr().err
+    assert all(f"reused: {folder} (finished, same config)" in said for folder in first[:3])
     training.calls = []
     assert run_compare(config, out=str(tmp_path / "out")) == 0
     assert training.calls == []  # everything finished: nothing trains again
@@ -305,3 +308,38 @@ def test_a_search_where_every_rate_diverges_stops(tmp_path, monkeypatch):
     with pytest.raises(LntuneError, match=r"study 's', run 'a': every learning rate searched \(0.0001, 0.001\) "
                                           "diverged .*; search lower rates"):
         run_compare(config, out=str(tmp_path / "out"))
+
+
+# ---- the search past the grid's edge (lr_extend) ---------------------------------------------------------------
+
+def test_the_chosen_rate_and_the_rate_beyond_the_edge():
+    from lntune.study.search import chosen_rate, rate_beyond
+
+    search = [(1e-4, 0.5), (3e-4, 0.4), (9e-4, 0.3)]
+    assert chosen_rate(search) == 9e-4 and rate_beyond(search, 9e-4) == 2.7e-3  # the top: one x3 step up
+    assert rate_beyond(search, 1e-4) == pytest.approx(3.33e-5)  # the bottom: one step down, 3 significant digits
+    assert rate_beyond(search, 3e-4) is None  # inside the grid
+    assert rate_beyond([(1e-3, 0.1)], 1e-3) is None  # one rate: no step to repeat
+    diverged = search + [(2.7e-3, float("nan"))]
+    assert chosen_rate(diverged) == 9e-4 and rate_beyond(diverged, 9e-4) is None  # nothing past a diverged rate
+    assert chosen_rate([(1e-3, 0.2), (1e-2, 0.2)]) == 1e-3  # a tie: the first searched
+    assert chosen_rate([(1e-3, float("inf"))]) is None
+
+
+@pytest.mark.parametrize("extend, searched, chosen, at_edge", [
+    (0, [1e-5, 1e-4], 1e-4, True),
+    (1, [1e-5, 1e-4, 1e-3], 1e-3, True),          # one step past the edge finds a better rate, still at the edge
+    (3, [1e-5, 1e-4, 1e-3, 1e-2], 1e-3, False),   # the next step is worse: the search stops with 1e-3 inside
+])
+def test_lr_extend_searches_past_the_edge_until_the_best_rate_is_inside(tmp_path, monkeypatch, extend, searched,
+                                                                         chosen, at_edge):
+    training = FakeTraining()  # the fake validation loss is lowest at 1e-3
+    study = STUDY.replace("[1.0e-4, 1.0e-3]", "[1.0e-5, 1.0e-4]") + f"lr_extend: {extend}\n"
+    config = _write(tmp_path, _fake_world(tmp_path, monkeypatch, training) + study)
+    assert run_compare(config, out=str(tmp_path / "out")) == 0
+    lora = [(c.train.lr, c.train.seed) for c in training.calls if c.method.name == "lora"]
+    assert lora == [(rate, 0) for rate in searched] + [(chosen, 1)]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["studies"]["s"]["a"]
+    assert results["lr"] == chosen and results["lr_at_edge"] is at_edge
+    assert [p["lr"] for p in results["lr_search"]] == searched
+    assert ("**At the edge of the rates searched:** a:" in (tmp_path / "out" / "report.md").read_text()) is at_edge
