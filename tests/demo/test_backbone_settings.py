@@ -96,6 +96,7 @@ def test_the_shipped_deep_compare_config():
     config = load_compare_config(Path(__file__).resolve().parents[2] / "configs" / "demo-deep-compare.yaml")
     deep = BACKBONE_PRESETS["deep"]
     assert (config.backbones.llm_layers, config.backbones.llm_hidden_size) == (deep.llm_layers, deep.llm_hidden_size)
+    assert config.backbones.llm_steps == deep.llm_steps  # the preset as it is: what docs/benchmarks.md measured
     runs = [run for study in config.studies.values() for run in study.runs]
     assert {run.method for run in runs} == {"full", "lora", "layernorm", "layernorm-simple"}
     assert len(config.seeds) >= 2 and all(not run.overrides for run in runs)  # the seeds are `seeds`

@@ -83,6 +83,19 @@ def test_research_config_keys(tmp_path):
     assert config.lr_search == {"lora": None, "full": None} and config.seeds == (0,)
 
 
+def test_the_shipped_research_configs():
+    """What docs/benchmarks.md measured (demo) and what the GPU config promises: every method searched, 3 seeds, the
+    search allowed past a winning edge, the bootstrap against layernorm."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name, methods, world in (("demo-research.yaml", {"full", "lora", "layernorm", "layernorm-simple"}, "tiny"),
+                                 ("llava-1.5-7b-research.yaml", {"lora", "layernorm", "layernorm-simple"}, "files")):
+        config = load_compare_config(configs / name)
+        runs = {run.method for study in config.studies.values() for run in study.runs}
+        assert config.world == world and runs == methods and set(config.lr_search) == methods, name
+        assert config.seeds == (0, 1, 2) and config.lr_extend >= 1 and config.bootstrap.baseline == "layernorm", name
+    assert all(grid is None for grid in load_compare_config(configs / "demo-research.yaml").lr_search.values())
+
+
 @pytest.mark.parametrize("text,message", [
     ("seeds: []\n", "seeds must be a non-empty list"),
     ("seeds: [1, 1]\n", "seeds must be a non-empty list of different"),
