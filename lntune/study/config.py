@@ -82,6 +82,8 @@ class ValidationSettings:
     samples: int = 300
     """How many: the tiny world writes them from scenes of their own; for `world: files` (without a `validation`
     path) this many records of `instructions`, drawn with `seed`, are held out and the runs train on the rest."""
+    fraction: float | None = None
+    """`world: files`: hold out this fraction of `instructions` (rounded, at least one record) instead of `samples`."""
     seed: int = 0
     """The draw of the held-out records (`world: files`)."""
     batch_size: int = 16
@@ -176,6 +178,13 @@ def load_compare_config(path: str | Path) -> CompareConfig:
                                ("lr_extend", config.lr_extend, 0)):
         if value < lowest:
             raise LntuneError(f"{path}: {key} must be >= {lowest}, got {value}")
+    fraction = config.validation.fraction
+    if fraction is not None and not 0 < fraction < 1:
+        raise LntuneError(f"{path}: validation.fraction must be between 0 and 1 (a share of `instructions`), got "
+                          f"{fraction}")
+    if fraction is not None and config.world == "tiny":
+        raise LntuneError(f"{path}: validation.fraction is for `world: files` (a share of your `instructions`); the "
+                          "tiny world writes its validation split from scenes of its own: give validation.samples")
     if config.gallery < 0:
         raise LntuneError(f"{path}: gallery must be >= 0, got {config.gallery}")
     if config.world not in WORLDS:

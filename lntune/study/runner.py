@@ -272,7 +272,8 @@ def _run_record(run: TrainedRun, comparisons: dict | None, out: Path) -> dict:
     """results.json's entry of a run: the rate, the search, the runs and evaluations, each seed's scores, the
     bootstrap."""
     return {
-        "lr": run.rate, "lr_at_edge": run.at_edge, "lr_search": [{"lr": rate, "validation_loss": loss} for rate, loss in run.search],
+        "lr": run.rate, "lr_at_edge": run.at_edge,
+        "lr_search": [{"lr": rate, "validation_loss": loss} for rate, loss in run.search],
         "runs": [str(path.relative_to(out)) for path in run.runs],
         "evaluations": [str(path.relative_to(out)) for path in run.evaluations],
         "scores": [score_cells(_evaluations(folder, [p.name for p in sorted(folder.iterdir()) if p.is_dir()]))

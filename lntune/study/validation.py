@@ -55,11 +55,12 @@ def make_validation_split(config: CompareConfig, paths: dict, out: Path) -> None
             write_validation(folder, config.seed, settings.samples)
             marker.write_text(json.dumps(wanted))
         return
-    _held_out(Path(paths["instructions"]), folder, settings.samples, settings.seed)
+    _held_out(Path(paths["instructions"]), folder, settings.samples, settings.seed, settings.fraction)
 
 
-def _held_out(instructions: Path, folder: Path, samples: int, seed: int) -> None:
-    """A seeded draw of `samples` records held out of `instructions`: validation.json, and train.json (the rest)."""
+def _held_out(instructions: Path, folder: Path, samples: int, seed: int, fraction: float | None = None) -> None:
+    """A seeded draw of `samples` records (or of `fraction` of them) held out of `instructions`: validation.json, and
+    train.json (the rest)."""
     from lntune.files import read_text
 
     text = read_text(instructions, "the instruction data the validation split is drawn from")
@@ -70,7 +71,12 @@ def _held_out(instructions: Path, folder: Path, samples: int, seed: int) -> None
         raise LntuneError(f"{instructions}: invalid JSON ({error}); `lntune data check` says where") from None
     if not isinstance(records, list):
         raise LntuneError(f"{instructions}: not a list of LLaVA records")
-    if samples >= len(records):
+    if fraction is not None:
+        samples = max(1, round(fraction * len(records)))
+        if samples >= len(records):
+            raise LntuneError(f"validation.fraction {fraction} of {instructions}'s {len(records)} records leaves none "
+                              "to train on; hold out less, or give paths.validation")
+    elif samples >= len(records):
         raise LntuneError(f"validation.samples is {samples}, but {instructions} has only {len(records)} records; "
                           "hold out fewer, or give paths.validation")
     held = set(random.Random(f"validation:{seed}").sample(range(len(records)), samples))
@@ -92,6 +98,7 @@ def validation_loss(run: Path, model: str, data: DataConfig, batch_size: int) ->
     """Mean loss per supervised token of the trained run (`run`/adapter on `model`) over `data`; cached in the run
     folder, keyed by the data. inf when the run diverged (a nan loss)."""
     import torch
+    from tqdm.auto import tqdm
 
     from lntune.adapter import load_with_adapter
     from lntune.data.dataset import SupervisedDataset, collate
@@ -116,7 +123,7 @@ def validation_loss(run: Path, model: str, data: DataConfig, batch_size: int) ->
     total, tokens = 0.0, 0
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch in tqdm(loader, desc=f"validation loss ({run.name})", unit="batch", leave=False):
                 labels = batch.pop("labels").to(device)
                 inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
                                                                                 "pixel_values")}

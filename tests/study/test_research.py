@@ -107,6 +107,8 @@ def test_the_shipped_research_configs():
     ("validation: {samples: 0}\n", "validation.samples"),
     ("bootstrap: {resamples: 3}\n", "bootstrap.resamples must be >= 10"),
     ("lr_extend: -1\n", "lr_extend must be >= 0, got -1"),
+    ("validation: {fraction: 1.5}\nworld: files\n", "validation.fraction must be between 0 and 1"),
+    ("validation: {fraction: 0.1}\n", "validation.fraction is for `world: files`"),
 ])
 def test_research_config_mistakes(tmp_path, text, message):
     path = _write(tmp_path, text + "studies: {s: {runs: [{name: a, method: lora}]}}\n")
@@ -356,3 +358,23 @@ def test_lr_extend_searches_past_the_edge_until_the_best_rate_is_inside(tmp_path
     assert results["lr"] == chosen and results["lr_at_edge"] is at_edge
     assert [p["lr"] for p in results["lr_search"]] == searched
     assert ("**At the edge of the rates searched:** a:" in (tmp_path / "out" / "report.md").read_text()) is at_edge
+
+
+def test_a_held_out_fraction_of_the_users_instructions(tmp_path):
+    from lntune.study.validation import _held_out
+
+    instructions = tmp_path / "instruct.json"
+    instructions.write_text(json.dumps([{"id": str(i)} for i in range(40)]))
+    _held_out(instructions, tmp_path / "a", samples=300, seed=0, fraction=0.1)  # the fraction wins over samples
+    held = json.loads((tmp_path / "a" / "validation.json").read_text())
+    rest = json.loads((tmp_path / "a" / "train.json").read_text())
+    assert len(held) == 4 and len(rest) == 36
+    assert {r["id"] for r in held} | {r["id"] for r in rest} == set(map(str, range(40)))
+    _held_out(instructions, tmp_path / "b", samples=300, seed=0, fraction=0.1)
+    assert json.loads((tmp_path / "b" / "validation.json").read_text()) == held  # seeded: the same draw
+    _held_out(instructions, tmp_path / "c", samples=300, seed=1, fraction=0.1)
+    assert json.loads((tmp_path / "c" / "validation.json").read_text()) != held
+    _held_out(instructions, tmp_path / "d", samples=300, seed=0, fraction=0.001)  # rounds to 0: still one record
+    assert len(json.loads((tmp_path / "d" / "validation.json").read_text())) == 1
+    with pytest.raises(LntuneError, match="leaves none to train on"):
+        _held_out(instructions, tmp_path / "e", samples=1, seed=0, fraction=0.99)
