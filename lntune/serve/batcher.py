@@ -17,6 +17,10 @@ from lntune.serve.decoding import BatchStats, Decoder, Sequence
 from lntune.serve.errors import ServeError
 
 
+KEPT_BATCHES = 64
+"""How many recent batches' stats the batcher keeps (what a test or an operator reads of its recent work)."""
+
+
 class Batcher:
     def __init__(self, decoder: Decoder, max_batch: int, batch_wait_ms: float, max_queue: int, say=print,
                  join: bool = True):
@@ -31,7 +35,15 @@ class Batcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.batches: list[BatchStats] = []
-        """Recent batches (sequences, tokens, steps, seconds), newest last; kept short."""
+        """Recent batches (sequences, tokens, steps, seconds), newest last; the last KEPT_BATCHES only."""
+        self.batches_done = 0
+        """Batches decoded since the start: counts on where `batches`, kept short, stops growing."""
+
+    def batches_since(self, done: int) -> list[BatchStats]:
+        """The batches decoded after `batches_done` read `done` (the last KEPT_BATCHES of them at most)."""
+        with self._condition:
+            batches, count = self.batches, self.batches_done
+        return batches[max(0, len(batches) - (count - done)):] if count > done else []
 
     def start(self) -> None:
         if self._thread is not None:
@@ -112,4 +124,6 @@ class Batcher:
                 for sequence in live:
                     sequence.sink.on_error(ServeError(f"generation failed: {error}", 500, code="generation_failed"))
                 continue
-            self.batches = (self.batches + [stats])[-64:]
+            with self._condition:  # the list and the count change together (batches_since reads both)
+                self.batches = (self.batches + [stats])[-KEPT_BATCHES:]
+                self.batches_done += 1

@@ -151,13 +151,13 @@ def test_load_and_unload_while_a_stream_is_running(server):
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     http, service = server
-    earlier = len(service.batcher.batches)
+    earlier = service.batcher.batches_done
     full = _answer(http, "simple-b", seed=6, max_tokens=200)
     # The decoder records a batch after its last token is sent: wait for this answer's record before counting.
     deadline = time.monotonic() + 60
-    while len(service.batcher.batches) == earlier and time.monotonic() < deadline:
+    while service.batcher.batches_done == earlier and time.monotonic() < deadline:
         time.sleep(0.01)
-    before = len(service.batcher.batches)
+    before = service.batcher.batches_done
     # Each decoding step takes at least 20 ms, so the 200 tokens take 4 s or more: the client's leaving, a few ms
     # after its third line, is seen mid-answer even on a machine busy enough to stall the server for a while.
     slow_steps = service.decoder.model.register_forward_pre_hook(lambda module, args: time.sleep(0.02))
@@ -168,12 +168,12 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
             for _ in range(3):
                 next(lines)
         deadline = time.monotonic() + 60
-        while len(service.batcher.batches) == before and time.monotonic() < deadline:
+        while service.batcher.batches_done == before and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         slow_steps.remove()
     assert full["finish_reason"] == "length"  # left alone, the answer runs to all 200 tokens
-    assert service.batcher.batches[before].tokens < 200
+    assert service.batcher.batches_since(before)[0].tokens < 200
 
 
 def test_graceful_shutdown_finishes_the_request_in_flight(serve_model, adapter_dirs):

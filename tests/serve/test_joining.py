@@ -169,5 +169,22 @@ def test_a_request_arriving_mid_batch_finishes_before_the_long_one(serve_model, 
         thread.join(120)
     assert short == short_alone and "".join(pieces) == long_alone.choices[0].message.content
     assert finished["short"] < finished["long"]
-    batches = service.batcher.batches[-1:]
-    assert batches[0].sequences == 2  # the short request joined the long one's batch
+    deadline = time.monotonic() + 30  # the decoder records a batch after its last token is sent
+    while service.batcher.batches_done < 3 and time.monotonic() < deadline:  # long alone, short alone, together
+        time.sleep(0.01)
+    batches = service.batcher.batches_since(2)
+    assert len(batches) == 1 and batches[0].sequences == 2  # the short request joined the long one's batch
+
+
+def test_batches_since_counts_past_the_kept_list():
+    from lntune.serve.batcher import KEPT_BATCHES, Batcher
+    from lntune.serve.decoding import BatchStats
+
+    batcher = Batcher(decoder=None, max_batch=2, batch_wait_ms=1, max_queue=2)
+    for index in range(KEPT_BATCHES + 10):  # as the decoder thread records them
+        batcher.batches = (batcher.batches + [BatchStats(sequences=index)])[-KEPT_BATCHES:]
+        batcher.batches_done += 1
+    assert len(batcher.batches) == KEPT_BATCHES and batcher.batches_done == KEPT_BATCHES + 10
+    assert [b.sequences for b in batcher.batches_since(KEPT_BATCHES + 7)] == [KEPT_BATCHES + 7, KEPT_BATCHES + 8,
+                                                                              KEPT_BATCHES + 9]
+    assert batcher.batches_since(KEPT_BATCHES + 10) == [] and len(batcher.batches_since(0)) == KEPT_BATCHES
