@@ -124,6 +124,9 @@ class Batcher:
                 for sequence in live:
                     sequence.sink.on_error(ServeError(f"generation failed: {error}", 500, code="generation_failed"))
                 continue
-            with self._condition:  # the list and the count change together (batches_since reads both)
-                self.batches = (self.batches + [stats])[-KEPT_BATCHES:]
-                self.batches_done += 1
+            self._record(stats)
+
+    def _record(self, stats: BatchStats) -> None:
+        with self._condition:  # the list and the count change together (batches_since reads both)
+            self.batches = (self.batches + [stats])[-KEPT_BATCHES:]
+            self.batches_done += 1

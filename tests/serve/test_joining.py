@@ -181,9 +181,8 @@ def test_batches_since_counts_past_the_kept_list():
     from lntune.serve.decoding import BatchStats
 
     batcher = Batcher(decoder=None, max_batch=2, batch_wait_ms=1, max_queue=2)
-    for index in range(KEPT_BATCHES + 10):  # as the decoder thread records them
-        batcher.batches = (batcher.batches + [BatchStats(sequences=index)])[-KEPT_BATCHES:]
-        batcher.batches_done += 1
+    for index in range(KEPT_BATCHES + 10):
+        batcher._record(BatchStats(sequences=index))  # what the decoder thread does after each batch
     assert len(batcher.batches) == KEPT_BATCHES and batcher.batches_done == KEPT_BATCHES + 10
     assert [b.sequences for b in batcher.batches_since(KEPT_BATCHES + 7)] == [KEPT_BATCHES + 7, KEPT_BATCHES + 8,
                                                                               KEPT_BATCHES + 9]
