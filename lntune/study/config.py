@@ -15,6 +15,7 @@ from lntune.demo.backbones_cache import BackboneBudget, backbone_settings
 from lntune.demo.files import WorldSize
 from lntune.demo.pipeline import BENCHES, DemoBudget
 from lntune.errors import LntuneError, unknown_key_error
+from lntune.study.search import grid_rate
 
 WORLDS = ("tiny", "files")
 SECTIONS = ("world_size", "backbones", "budget", "paths", "analysis", "validation", "bootstrap", "lr_search")
@@ -251,4 +252,4 @@ def _lr_search(value, studies: dict[str, Study], source: str) -> dict[str, tuple
 
 def search_grid(grid: tuple[float, ...] | None, rate: float) -> tuple[float, ...]:
     """The rates searched: the given grid, or the run's own rate times DEFAULT_GRID_FACTORS."""
-    return grid if grid is not None else tuple(float(f"{rate * factor:.3g}") for factor in DEFAULT_GRID_FACTORS)
+    return grid if grid is not None else tuple(grid_rate(rate * factor) for factor in DEFAULT_GRID_FACTORS)

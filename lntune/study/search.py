@@ -10,6 +10,12 @@ from __future__ import annotations
 import math
 
 
+def grid_rate(rate: float) -> float:
+    """A rate of a grid made here (the default grid, a step past an edge): 3 significant digits, so the folder names
+    and the report read 0.0027, not 0.0027000000000000001."""
+    return float(f"{rate:.3g}")
+
+
 def chosen_rate(search: list[tuple[float, float]]) -> float | None:
     """The rate of the lowest finite validation loss (on a tie the first searched); None when every point diverged."""
     finite = [(loss, index) for index, (_, loss) in enumerate(search) if math.isfinite(loss)]
@@ -24,7 +30,7 @@ def rate_beyond(search: list[tuple[float, float]], rate: float) -> float | None:
     if len(rates) < 2:
         return None
     if rate == rates[-1]:
-        return float(f"{rate * rates[-1] / rates[-2]:.3g}")
+        return grid_rate(rate * rates[-1] / rates[-2])
     if rate == rates[0]:
-        return float(f"{rate * rates[0] / rates[1]:.3g}")
+        return grid_rate(rate * rates[0] / rates[1])
     return None
